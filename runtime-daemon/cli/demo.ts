@@ -1,0 +1,87 @@
+/**
+ * `trenv demo`: the main job end to end. Starts the daemon (if needed) and a local OpenAI-compatible
+ * test server, invokes every bundled example agent (twice: a fresh sandbox, then a repurposed one),
+ * prints results, restore traces and a memory table.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { InvocationDetail, InvocationRecord, Methods } from '../protocol/messages';
+import { packageRoot } from '../daemon/state';
+import { connect } from './client';
+import * as f from './format';
+import { daemonStart } from './main';
+
+function eventFor(dir: string): unknown {
+  const p = path.join(dir, '.trenv', 'events', 'default.json');
+  return fs.existsSync(p) ? JSON.parse(fs.readFileSync(p, 'utf8')) : {};
+}
+
+function brief(v: unknown): string {
+  const s = JSON.stringify(v);
+  return s.length > 90 ? s.slice(0, 87) + '...' : s;
+}
+
+export async function runDemo(stateDir: string): Promise<number> {
+  const root = packageRoot();
+  await daemonStart(stateDir, undefined);
+  const llm = (await import(pathToFileURL(path.join(root, 'test/fixtures/llm-server.mjs')).href)) as {
+    startLlmServer(o: { port?: number }): Promise<{ port: number; close(): Promise<void> | void }>;
+  };
+  const server = await llm.startLlmServer({ port: 0 });
+  process.stdout.write(`local OpenAI-compatible test server on 127.0.0.1:${server.port} (sandboxes reach it as 10.0.2.2:${server.port})\n\n`);
+  const c = await connect(stateDir);
+  let failures = 0;
+  try {
+    const examplesDir = path.join(root, 'examples');
+    const agents = fs
+      .readdirSync(examplesDir)
+      .map((n) => path.join(examplesDir, n))
+      .filter((d) => fs.existsSync(path.join(d, 'trenv.json')))
+      .sort();
+    const rows: string[][] = [];
+    const details: Array<{ agent: string; fresh: InvocationDetail; repurposed: InvocationDetail }> = [];
+    for (const dir of agents) {
+      const env = { OPENAI_BASE_URL: `http://10.0.2.2:${server.port}/v1` };
+      const runs: InvocationRecord[] = [];
+      for (const fresh of [true, false]) {
+        const rec = await c.rpc.sendRequest(Methods.invoke, { agentDir: dir, event: eventFor(dir), env, fresh });
+        runs.push(rec);
+        if (rec.state !== 'succeeded') failures++;
+        rows.push([
+          rec.agent,
+          f.stateColor(rec.state),
+          rec.start ?? '-',
+          f.ms(rec.durationMs),
+          rec.state === 'succeeded' ? brief(rec.result) : f.red(`${rec.error?.type}: ${rec.error?.message}`),
+        ]);
+      }
+      const [a, b] = await Promise.all(runs.map((r) => c.rpc.sendRequest(Methods.getInvocation, { id: r.id })));
+      details.push({ agent: path.basename(dir), fresh: a, repurposed: b });
+    }
+    process.stdout.write(f.bold('Results') + '\n' + f.table(rows, ['AGENT', 'STATE', 'SANDBOX', 'TIME', 'RESULT']) + '\n\n');
+
+    const show = details[0];
+    if (show) {
+      // the cleanup spans are appended after the record ends: give them a moment
+      await new Promise((r) => setTimeout(r, 100));
+      const fresh = await c.rpc.sendRequest(Methods.getInvocation, { id: show.fresh.record.id });
+      const rep = await c.rpc.sendRequest(Methods.getInvocation, { id: show.repurposed.record.id });
+      process.stdout.write(f.bold(`Restore trace: ${show.agent} in a fresh sandbox`) + '\n' + f.traceTable(fresh.trace) + '\n\n');
+      process.stdout.write(f.bold(`Restore trace: ${show.agent} in a repurposed sandbox`) + '\n' + f.traceTable(rep.trace) + '\n\n');
+    }
+
+    const memRows = details.map((d) => {
+      const peak = d.repurposed.memory.reduce((m, s) => (s.pssKb > (m?.pssKb ?? -1) ? s : m), undefined as (typeof d.repurposed.memory)[number] | undefined);
+      return f.memoryRow(`${d.agent} (peak while running)`, peak);
+    });
+    const stats = await c.rpc.sendRequest(Methods.stats);
+    memRows.push(f.memoryRow(`${stats.sandboxes.length} pooled sandboxes now (idle)`, stats.total));
+    process.stdout.write(f.bold('Memory') + '\n' + f.table(memRows, f.MEMORY_HEADER) + '\n');
+  } finally {
+    c.close();
+    await server.close();
+  }
+  if (failures) process.stdout.write(f.red(`\n${failures} invocation(s) did not succeed`) + '\n');
+  return failures ? 1 : 0;
+}

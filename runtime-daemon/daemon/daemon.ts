@@ -1,0 +1,302 @@
+/**
+ * trenvd: composes the state dir, records, sandbox driver + pool, invoker and server, and serves
+ * the `trenv/...` protocol. One daemon per state dir. Needs root (namespaces, cgroups, mounts).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ResponseError } from 'vscode-jsonrpc/node';
+import {
+  DaemonStatus,
+  Diagnostic,
+  ErrorCodes,
+  InvokeParams,
+  Methods,
+  Notifications,
+  PROTOCOL_VERSION,
+  SandboxInfo,
+  StatsResult,
+  SubscribeParams,
+  Topic,
+} from '../protocol/messages';
+import { AgentNotFoundError, ManifestError, checkHandler, parseManifestText, validateManifest, Manifest } from '../manifest/manifest';
+import { addSamples, emptySample, readRollup, sampleProcesses } from '../metrics/smaps';
+import { RecordStore } from '../records/store';
+import { ContainerDriver } from '../sandbox/container';
+import { DEFAULT_POOL, SandboxPool } from '../sandbox/pool';
+import { ClientConnection, DaemonServer, paramsError } from '../server/server';
+import { Invoker } from './invoker';
+import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
+
+export const VERSION = '0.1.0';
+
+export interface DaemonOptions {
+  stateDir: string;
+  port: number;
+  log?: (msg: string) => void;
+}
+
+interface Subscription {
+  topics: Set<Topic>;
+  invocationId?: string;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+export class Daemon {
+  readonly paths: StatePaths;
+  private releaseLock: (() => void) | undefined;
+  private store!: RecordStore;
+  private driver!: ContainerDriver;
+  private pool!: SandboxPool;
+  private invoker!: Invoker;
+  private server!: DaemonServer;
+  private readonly subs = new Map<ClientConnection, Subscription[]>();
+  private port = 0;
+  private readonly startedAt = Date.now();
+  private stopping: Promise<void> | undefined;
+  private readonly log: (msg: string) => void;
+  onStopped: (() => void) | undefined;
+
+  constructor(private readonly o: DaemonOptions) {
+    this.paths = new StatePaths(o.stateDir);
+    this.log = o.log ?? ((m) => process.stderr.write(`trenvd: ${m}\n`));
+  }
+
+  async start(): Promise<{ port: number }> {
+    if (process.getuid?.() !== 0) {
+      throw new Error('trenvd needs root for namespaces, cgroups and mounts: start it with sudo (trenv daemon start)');
+    }
+    ensureDirs(this.paths);
+    this.releaseLock = acquireLock(this.paths);
+    try {
+      this.store = new RecordStore(this.paths.invocations);
+      const { lost } = this.store.open();
+      if (lost.length) this.log(`marked ${lost.length} invocation(s) of a previous daemon as daemon-lost`);
+
+      const root = packageRoot();
+      this.driver = new ContainerDriver({
+        sandboxdPath: process.env.TRENV_SANDBOXD || path.join(root, 'runtime-daemon/native/build/trenv-sandboxd'),
+        stateRoot: this.paths.root,
+        rootfsDir: this.paths.rootfs,
+        mntDir: this.paths.mnt,
+        runtimesDir: path.join(root, 'runtime-daemon/runtimes'),
+        instanceId: this.paths.instanceId,
+        sandboxdLog: path.join(this.paths.run, 'sandboxd.log'),
+      });
+      const { leftovers } = this.driver.start();
+      if (leftovers.length) this.log(`removed ${leftovers.length} cgroup(s) left by a previous daemon`);
+      this.driver.native.on('exit', (e: Error) => {
+        if (!this.stopping) {
+          this.log(`${e.message}: stopping the daemon (restart it to recover)`);
+          void this.stop();
+        }
+      });
+      this.driver.native.on('protocolError', (e: Error) => this.log(`sandboxd: ${e.message}`));
+
+      this.pool = new SandboxPool(this.driver, this.paths.emptyApp);
+      this.pool.on('warn', (m: string) => this.log(m));
+      this.pool.on('changed', () => this.notify('sandboxes', undefined, (c) => void c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      this.pool.start();
+
+      this.invoker = new Invoker(this.store, this.pool, this.driver);
+      this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => void c.rpc.sendNotification(Notifications.log, l)));
+      this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => void c.rpc.sendNotification(Notifications.span, s)));
+      this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => void c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));
+      this.invoker.on('invocation', (r) => {
+        const { event: _e, result: _r, ...summary } = r;
+        this.notify('invocations', r.id, (c) => void c.rpc.sendNotification(Notifications.invocation, summary));
+      });
+
+      const token = writeToken(this.paths);
+      this.server = new DaemonServer({
+        port: this.o.port,
+        token,
+        log: this.log,
+        onConnection: (c) => this.register(c),
+        onClose: (c) => this.subs.delete(c),
+      });
+      this.port = await this.server.listen();
+      writeInfo(this.paths, {
+        pid: process.pid,
+        port: this.port,
+        host: '127.0.0.1',
+        tokenFile: this.paths.token,
+        startedAt: this.startedAt,
+        version: VERSION,
+      });
+      this.log(`listening on 127.0.0.1:${this.port}, state ${this.paths.root}, cgroups ${this.driver.cgroups.describe()}`);
+      return { port: this.port };
+    } catch (e) {
+      await this.teardown();
+      throw e;
+    }
+  }
+
+  private notify(topic: Topic, invocationId: string | undefined, send: (c: ClientConnection) => void): void {
+    for (const [c, subs] of this.subs) {
+      if (subs.some((s) => s.topics.has(topic) && (!s.invocationId || !invocationId || s.invocationId === invocationId))) {
+        try {
+          send(c);
+        } catch {
+          /* closed */
+        }
+      }
+    }
+  }
+
+  private subscribe(c: ClientConnection, p: SubscribeParams): void {
+    const list = this.subs.get(c) ?? [];
+    list.push({ topics: new Set(p.topics), invocationId: p.invocationId });
+    this.subs.set(c, list);
+  }
+
+  private sandboxInfos(): SandboxInfo[] {
+    return this.pool.list().map((sb) => ({
+      id: sb.id,
+      kind: 'container',
+      poolKey: sb.key,
+      state: sb.state,
+      hostPid: sb.initPid,
+      uses: sb.uses,
+      createdAt: sb.createdAt,
+      agent: sb.appDir ? path.basename(sb.appDir) : undefined,
+      memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
+    }));
+  }
+
+  private status(): DaemonStatus {
+    const list = this.pool.list();
+    return {
+      version: VERSION,
+      protocol: PROTOCOL_VERSION,
+      pid: process.pid,
+      stateDir: this.paths.root,
+      port: this.port,
+      startedAt: this.startedAt,
+      cgroup: this.driver.cgroups.describe(),
+      sandboxes: { idle: list.filter((s) => s.state === 'idle').length, busy: list.filter((s) => s.state === 'busy').length, total: list.length },
+      invocations: { running: this.invoker.runningCount(), total: this.store.list(1e9).length },
+    };
+  }
+
+  private stats(): StatsResult {
+    const sandboxes = this.sandboxInfos();
+    const total = sandboxes.reduce((acc, s) => (s.memory ? addSamples(acc, s.memory) : acc), emptySample());
+    return { sandboxes, total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
+  }
+
+  private register(c: ClientConnection): void {
+    const { rpc } = c;
+    rpc.onRequest(Methods.status, () => this.status());
+    rpc.onRequest(Methods.invoke, async (p: InvokeParams) => {
+      if (!isObject(p) || typeof p.agentDir !== 'string' || !p.agentDir) throw paramsError('"agentDir" (a path to an agent folder) is required');
+      if (p.env !== undefined && (!isObject(p.env) || Object.values(p.env).some((v) => typeof v !== 'string'))) {
+        throw paramsError('"env" must be an object of string values');
+      }
+      let agent;
+      try {
+        agent = this.invoker.prepare(p);
+      } catch (e) {
+        if (e instanceof AgentNotFoundError) throw new ResponseError(ErrorCodes.AgentNotFound, e.message);
+        if (e instanceof ManifestError) throw new ResponseError(ErrorCodes.ManifestInvalid, e.message, e.diagnostics);
+        throw e;
+      }
+      try {
+        // a streaming caller is subscribed to this invocation before anything of it is emitted
+        const onCreated = p.stream
+          ? (id: string) => this.subscribe(c, { topics: ['logs', 'trace', 'memory', 'invocations'], invocationId: id })
+          : undefined;
+        return await this.invoker.invoke(p, agent, onCreated);
+      } catch (e) {
+        throw new ResponseError(ErrorCodes.SandboxFailed, (e as Error).message);
+      }
+    });
+    rpc.onRequest(Methods.kill, (p: { id: string }) => {
+      if (!isObject(p) || typeof p.id !== 'string') throw paramsError('"id" is required');
+      return { killed: this.invoker.kill(this.store.resolve(p.id) ?? p.id) };
+    });
+    rpc.onRequest(Methods.listInvocations, (p: { limit?: number }) => this.store.list(isObject(p) && typeof p.limit === 'number' ? p.limit : 100));
+    rpc.onRequest(Methods.getInvocation, (p: { id: string }) => {
+      if (!isObject(p) || typeof p.id !== 'string') throw paramsError('"id" is required');
+      const id = this.store.resolve(p.id);
+      const d = id ? this.store.get(id) : undefined;
+      if (!d) throw new ResponseError(ErrorCodes.NotFound, `no invocation "${p.id}" (list them with: trenv ps)`);
+      return d;
+    });
+    rpc.onRequest(Methods.listSandboxes, () => this.sandboxInfos());
+    rpc.onRequest(Methods.stats, () => this.stats());
+    rpc.onRequest(Methods.validateManifest, (p: { agentDir: string }): Diagnostic[] => {
+      if (!isObject(p) || typeof p.agentDir !== 'string') throw paramsError('"agentDir" is required');
+      let text: string;
+      try {
+        text = fs.readFileSync(path.join(p.agentDir, 'trenv.json'), 'utf8');
+      } catch {
+        return [{ path: '', message: `no trenv.json in ${p.agentDir}`, severity: 'error' }];
+      }
+      const parsed = parseManifestText(text);
+      if (parsed.diagnostics.length) return parsed.diagnostics;
+      const d = validateManifest(parsed.value);
+      return d.length ? d : checkHandler(p.agentDir, parsed.value as Manifest);
+    });
+    rpc.onRequest(Methods.subscribe, (p: SubscribeParams) => {
+      if (!isObject(p) || !Array.isArray(p.topics)) throw paramsError('"topics" must be an array');
+      this.subscribe(c, p);
+      return { ok: true as const };
+    });
+    rpc.onRequest(Methods.unsubscribe, (p: SubscribeParams) => {
+      if (!isObject(p) || !Array.isArray(p.topics)) throw paramsError('"topics" must be an array');
+      const list = this.subs.get(c) ?? [];
+      for (const s of list) if (s.invocationId === p.invocationId) for (const t of p.topics) s.topics.delete(t);
+      return { ok: true as const };
+    });
+    rpc.onRequest(Methods.configurePool, async (p) => {
+      if (!isObject(p)) throw paramsError('expected an object');
+      const cfg = this.pool.config;
+      if (typeof p.maxIdle === 'number' && p.maxIdle >= 0 && p.maxIdle <= 256) cfg.maxIdle = Math.floor(p.maxIdle);
+      if (typeof p.idleTtlMs === 'number' && p.idleTtlMs >= 1000) cfg.idleTtlMs = p.idleTtlMs;
+      if (Array.isArray(p.prewarm)) {
+        cfg.prewarm = p.prewarm.filter((w) => isObject(w) && (w.runtime === 'python' || w.runtime === 'node') && typeof w.count === 'number');
+        for (const w of cfg.prewarm) {
+          await this.pool.prewarm({ runtime: w.runtime, memoryMb: 256, pids: 64, tmpfsMb: 64, network: 'none' }, Math.min(w.count, cfg.maxIdle));
+        }
+      }
+      await this.pool.evictExpired();
+      return cfg;
+    });
+    rpc.onRequest(Methods.shutdown, () => {
+      setImmediate(() => void this.stop());
+      return { ok: true as const };
+    });
+  }
+
+  /** Stops serving, kills running invocations (recorded as killed), destroys sandboxes, releases the lock. */
+  stop(): Promise<void> {
+    if (!this.stopping) this.stopping = this.teardown();
+    return this.stopping;
+  }
+
+  private async teardown(): Promise<void> {
+    try {
+      if (this.invoker) {
+        await this.invoker.killAll();
+        const until = Date.now() + 3000;
+        while (this.invoker.runningCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      }
+      await this.pool?.close();
+      await this.server?.close();
+      this.store?.flush();
+      await this.driver?.stop();
+    } catch (e) {
+      this.log(`while stopping: ${(e as Error).message}`);
+    } finally {
+      fs.rmSync(this.paths.info, { force: true });
+      this.releaseLock?.();
+      this.releaseLock = undefined;
+      this.onStopped?.();
+    }
+  }
+}
+
+export { DEFAULT_POOL };

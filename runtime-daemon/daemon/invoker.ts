@@ -1,0 +1,408 @@
+/**
+ * One invocation, from request to recorded end: load the manifest, get a sandbox from the pool
+ * (fresh or repurposed), run the runtime shim in it, stream logs/spans/memory, enforce the time
+ * limit, classify the end (succeeded, failed, timeout, oom, killed) and give the sandbox back.
+ */
+import { EventEmitter } from 'node:events';
+import type {
+  InvocationError,
+  InvocationRecord,
+  InvocationState,
+  InvokeParams,
+  LogLine,
+  MemorySample,
+  SandboxStateSummary,
+  TraceSpan,
+} from '../protocol/messages';
+import { LoadedAgent, loadAgent } from '../manifest/manifest';
+import { sampleProcesses } from '../metrics/smaps';
+import { RecordStore, newInvocationId, summarize } from '../records/store';
+import { ContainerDriver, ContainerSandbox, SandboxSpec } from '../sandbox/container';
+import { SandboxPool } from '../sandbox/pool';
+import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
+import type { NativeSpan } from '../sandbox/sandboxd';
+
+const RUNTIMES: Record<string, string[]> = {
+  python: ['/usr/bin/python3', '-B', '/opt/trenv/runtimes/python/trenv_shim.py'],
+  node: ['/usr/bin/node', '/opt/trenv/runtimes/node/trenv-shim.js'],
+};
+
+const MAX_LOG_BYTES = 8 * 1024 * 1024; // per invocation; beyond it lines are dropped with a note
+const MAX_LINE = 64 * 1024;
+const MAX_CHAN_LINE = 16 * 1024 * 1024;
+const SAMPLE_MS = 100;
+
+export interface InvokerEvents {
+  log: (l: LogLine) => void;
+  span: (s: TraceSpan) => void;
+  memory: (id: string, s: MemorySample) => void;
+  invocation: (r: InvocationRecord) => void;
+}
+
+export declare interface Invoker {
+  on<E extends keyof InvokerEvents>(event: E, listener: InvokerEvents[E]): this;
+  emit<E extends keyof InvokerEvents>(event: E, ...args: Parameters<InvokerEvents[E]>): boolean;
+}
+
+/** Splits a byte stream into lines, keeping the partial tail. */
+class LineSplitter {
+  private tail = '';
+  constructor(private readonly max: number) {}
+  push(chunk: Buffer): string[] {
+    const text = this.tail + chunk.toString('utf8');
+    const parts = text.split('\n');
+    this.tail = parts.pop() ?? '';
+    if (this.tail.length > this.max) {
+      parts.push(this.tail);
+      this.tail = '';
+    }
+    return parts;
+  }
+  end(): string[] {
+    const t = this.tail;
+    this.tail = '';
+    return t ? [t] : [];
+  }
+}
+
+interface Active {
+  record: InvocationRecord;
+  sandbox?: ContainerSandbox;
+  runId?: string;
+  endReason?: 'timeout' | 'killed';
+  kill(): void;
+}
+
+export class Invoker extends EventEmitter {
+  private readonly active = new Map<string, Active>();
+  private runSeq = 0;
+  /** CLOCK_MONOTONIC -> epoch ms */
+  private readonly monoBase = process.hrtime.bigint();
+  private readonly epochBase = Date.now();
+
+  constructor(
+    private readonly store: RecordStore,
+    private readonly pool: SandboxPool,
+    private readonly driver: ContainerDriver,
+  ) {
+    super();
+  }
+
+  private epochOf(ns: bigint): number {
+    return this.epochBase + Number(ns - this.monoBase) / 1e6;
+  }
+
+  runningCount(): number {
+    return this.active.size;
+  }
+
+  kill(id: string): boolean {
+    const a = this.active.get(id);
+    if (!a) return false;
+    a.endReason = a.endReason ?? 'killed';
+    a.kill();
+    return true;
+  }
+
+  /** Loads the agent (throws for a missing or invalid agent: no record is made for those). */
+  prepare(params: InvokeParams): LoadedAgent {
+    return loadAgent(params.agentDir);
+  }
+
+  async invoke(params: InvokeParams, agent: LoadedAgent = loadAgent(params.agentDir), onCreated?: (id: string) => void): Promise<InvocationRecord> {
+    const m = agent.manifest;
+    if (params.sandbox === 'vm' || m.sandbox === 'vm') {
+      throw new Error('microVM sandboxes are not available yet in this version: run it in a container (drop --vm / "sandbox": "vm")');
+    }
+    const runtime = RUNTIMES[m.runtime];
+    const id = newInvocationId();
+    const record: InvocationRecord = {
+      id,
+      agent: m.name,
+      agentDir: agent.dir,
+      runtime: m.runtime,
+      sandboxKind: 'container',
+      state: 'queued',
+      createdAt: Date.now(),
+      event: params.event ?? {},
+    };
+    this.store.create(record);
+    onCreated?.(id);
+    this.emit('invocation', record);
+
+    const active: Active = { record, kill: () => undefined };
+    this.active.set(id, active);
+    let logSeq = 0;
+    let logBytes = 0;
+    let logTruncated = false;
+    const log = (stream: LogLine['stream'], text: string, level?: LogLine['level'], fields?: Record<string, unknown>, t = Date.now()) => {
+      if (logTruncated) return;
+      logBytes += text.length;
+      if (logBytes > MAX_LOG_BYTES) {
+        logTruncated = true;
+        text = `log limit of ${MAX_LOG_BYTES} bytes reached: further output of this invocation is dropped`;
+        stream = 'system';
+        level = 'warn';
+      }
+      const l: LogLine = { invocationId: id, seq: ++logSeq, t, stream, text, ...(level ? { level } : {}), ...(fields ? { fields } : {}) };
+      this.store.append(id, 'logs', l);
+      this.emit('log', l);
+    };
+
+    let sb: ContainerSandbox | undefined;
+    const stateOf = (note?: string): SandboxStateSummary => {
+      if (!sb) return { processes: 0, note };
+      const pids = sb.workerPids();
+      return {
+        processes: pids.length,
+        appDir: sb.appDir,
+        template: undefined,
+        memory: sampleProcesses(pids, sb.cgroup.usageBytes()),
+        ...(note ? { note } : {}),
+      };
+    };
+    const span = (name: string, startNs: bigint, endNs: bigint, attrs?: TraceSpan['attrs'], note?: string) => {
+      const s: TraceSpan = {
+        invocationId: id,
+        name,
+        startNs: startNs.toString(),
+        endNs: endNs.toString(),
+        durationMs: Number(endNs - startNs) / 1e6,
+        ...(attrs ? { attrs } : {}),
+        state: stateOf(note),
+      };
+      this.store.append(id, 'trace', s);
+      this.emit('span', s);
+    };
+    const nativeSpans = (prefix: string, spans: NativeSpan[]) => {
+      for (const s of spans) span(`${prefix}.${s.name}`, s.startNs, s.endNs);
+    };
+    const finish = (state: InvocationState, extra: Partial<InvocationRecord>) => {
+      record.state = state;
+      record.endedAt = Date.now();
+      record.durationMs = record.endedAt - record.createdAt;
+      Object.assign(record, extra);
+      this.store.update(record);
+      this.active.delete(id);
+      this.emit('invocation', record);
+      return record;
+    };
+
+    const spec: SandboxSpec = {
+      runtime: m.runtime,
+      memoryMb: m.limits.memoryMb,
+      pids: m.limits.pids,
+      tmpfsMb: m.limits.tmpfsMb,
+      network: m.network,
+    };
+
+    // ---- get a sandbox
+    const tAcq = process.hrtime.bigint();
+    try {
+      const acq = await this.pool.acquire(spec, agent.dir, { fresh: params.fresh });
+      sb = acq.sandbox;
+      active.sandbox = sb;
+      record.sandboxId = sb.id;
+      record.start = acq.how;
+      span('pool.pick', acq.pickNs[0], acq.pickNs[1], { result: acq.how, key: sb.key });
+      if (acq.how === 'fresh') nativeSpans('sandbox', acq.spans);
+      else nativeSpans('repurpose', acq.spans);
+      span('sandbox.ready', tAcq, process.hrtime.bigint(), { how: acq.how });
+    } catch (e) {
+      log('system', `could not get a sandbox: ${(e as Error).message}`, 'error');
+      return finish('failed', { error: { type: 'SandboxError', message: (e as Error).message, phase: 'sandbox' } });
+    }
+
+    // ---- run the shim
+    record.state = 'running';
+    this.store.update(record);
+    this.emit('invocation', record);
+    const runId = `r${++this.runSeq}`;
+    active.runId = runId;
+    const deadline = Date.now() + m.limits.timeoutMs;
+    const env = [
+      'PATH=/usr/local/bin:/usr/bin:/bin',
+      `HOME=${SANDBOX_HOME}`,
+      'LANG=C.UTF-8',
+      'PYTHONDONTWRITEBYTECODE=1',
+      'PYTHONUNBUFFERED=1',
+      ...Object.entries({ ...m.env, ...(params.env ?? {}) }).map(([k, v]) => `${k}=${v}`),
+      `TRENV_HANDLER=${m.handler}`,
+      `TRENV_INVOCATION_ID=${id}`,
+      `TRENV_DEADLINE_MS=${deadline}`,
+      `TRENV_AGENT=${m.name}`,
+    ];
+    const stdin = Buffer.from(JSON.stringify(params.event ?? {}));
+    const splitters = { out: new LineSplitter(MAX_LINE), err: new LineSplitter(MAX_LINE), chan: new LineSplitter(MAX_CHAN_LINE) };
+    let result: { value: unknown } | undefined;
+    let shimError: InvocationError | undefined;
+    let tRunSent = 0n;
+    let tStarted = 0n;
+    let tLoaded = 0n;
+    let tHandler = 0n;
+    let tResult = 0n;
+
+    const onChan = (line: string, readNs: bigint) => {
+      let msg: Record<string, unknown>;
+      try {
+        msg = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        log('stdout', line, undefined, undefined, this.epochOf(readNs)); // not ours: treat as output
+        return;
+      }
+      let mono = readNs;
+      try {
+        if (typeof msg.mono_ns === 'string') mono = BigInt(msg.mono_ns);
+      } catch {
+        /* keep read time */
+      }
+      switch (msg.t) {
+        case 'loaded':
+          tLoaded = mono;
+          span('runtime.load', tStarted || tRunSent, mono, { runtime: m.runtime });
+          break;
+        case 'start':
+          tHandler = mono;
+          span('handler.start', tLoaded || tStarted, mono);
+          break;
+        case 'log': {
+          const lvl = ['debug', 'info', 'warn', 'error'].includes(msg.level as string) ? (msg.level as LogLine['level']) : 'info';
+          log('log', String(msg.msg ?? ''), lvl, (msg.fields as Record<string, unknown>) ?? undefined, this.epochOf(mono));
+          break;
+        }
+        case 'result':
+          tResult = mono;
+          result = { value: msg.value };
+          break;
+        case 'error': {
+          tResult = mono;
+          const e = (msg.error ?? {}) as Record<string, unknown>;
+          shimError = {
+            type: String(e.type ?? 'Error'),
+            message: String(e.message ?? ''),
+            stack: typeof e.stack === 'string' ? e.stack : undefined,
+            phase: typeof msg.phase === 'string' ? msg.phase : 'handler',
+          };
+          log('system', `${shimError.type}: ${shimError.message}`, 'error');
+          break;
+        }
+        default:
+          break;
+      }
+    };
+
+    const exit = await new Promise<{ status: string; ns: bigint } | { error: string }>((resolve) => {
+      const timer = setTimeout(() => {
+        active.endReason = 'timeout';
+        log('system', `time limit of ${m.limits.timeoutMs} ms reached: killing the handler`, 'error');
+        this.driver.kill(sb!, runId);
+      }, m.limits.timeoutMs);
+      const sampler = setInterval(() => {
+        const pids = sb!.workerPids();
+        if (!pids.length) return;
+        const s = sampleProcesses(pids, sb!.cgroup.usageBytes());
+        this.store.append(id, 'memory', s);
+        this.emit('memory', id, s);
+      }, SAMPLE_MS);
+      active.kill = () => this.driver.kill(sb!, runId);
+      const done = (v: { status: string; ns: bigint } | { error: string }) => {
+        clearTimeout(timer);
+        clearInterval(sampler);
+        resolve(v);
+      };
+      tRunSent = process.hrtime.bigint();
+      try {
+        this.driver.run(
+          sb!,
+          runId,
+          { argv: runtime, env, cwd: '/app', uid: SANDBOX_UID, gid: SANDBOX_GID, stdin },
+          {
+            onStarted: (_pid, ns) => {
+              tStarted = ns;
+              span('process.start', tRunSent, ns, { argv0: runtime[0] });
+            },
+            onData: (stream, ns, data) => {
+              const t = this.epochOf(ns);
+              for (const line of splitters[stream].push(data)) {
+                if (stream === 'chan') onChan(line, ns);
+                else log(stream === 'out' ? 'stdout' : 'stderr', line, undefined, undefined, t);
+              }
+            },
+            onExit: (status, ns) => {
+              for (const s of ['out', 'err', 'chan'] as const) {
+                for (const line of splitters[s].end()) {
+                  if (s === 'chan') onChan(line, ns);
+                  else log(s === 'out' ? 'stdout' : 'stderr', line);
+                }
+              }
+              done({ status, ns });
+            },
+            onError: (message) => done({ error: message }),
+          },
+        );
+      } catch (e) {
+        done({ error: (e as Error).message });
+      }
+    });
+
+    const tEnd = 'ns' in exit ? exit.ns : process.hrtime.bigint();
+    if (tHandler) span('handler.run', tHandler, tResult || tEnd);
+
+    // ---- classify the end
+    let state: InvocationState;
+    let error: InvocationError | undefined;
+    const counters = sb.cgroup.counters();
+    const oom = counters.oomKills > sb.baseline.oomKills;
+    const pidsHit = counters.pidsMaxEvents > sb.baseline.pidsMaxEvents;
+    const exitStatus = 'status' in exit ? exit.status : undefined;
+    let reuse = true;
+    if ('error' in exit) {
+      state = 'failed';
+      error = { type: 'SandboxError', message: exit.error, phase: 'sandbox' };
+      reuse = false;
+    } else if (active.endReason === 'timeout') {
+      state = 'timeout';
+      error = { type: 'Timeout', message: `the handler ran longer than its limit of ${m.limits.timeoutMs} ms and was killed`, phase: 'limit' };
+    } else if (active.endReason === 'killed') {
+      state = 'killed';
+      error = { type: 'Killed', message: 'the invocation was killed on request', phase: 'limit' };
+    } else if (oom) {
+      state = 'oom';
+      error = {
+        type: 'OutOfMemory',
+        message: `the handler exceeded its memory limit of ${m.limits.memoryMb} MiB and was killed by the kernel (raise limits.memoryMb if this is expected)`,
+        phase: 'limit',
+      };
+    } else if (result && exitStatus === 'exited:0') {
+      state = 'succeeded';
+    } else {
+      state = 'failed';
+      error =
+        shimError ??
+        (exitStatus?.startsWith('signaled:')
+          ? { type: 'Crashed', message: `the handler process was killed by signal ${exitStatus.slice(9)}`, phase: 'handler' }
+          : { type: 'Crashed', message: `the handler process exited (${exitStatus}) without a result`, phase: 'handler' });
+      if (pidsHit) error.message += ` (the process limit of ${m.limits.pids} was reached: a fork bomb or too many threads?)`;
+    }
+    if (pidsHit && state !== 'failed') log('system', `the process limit of ${m.limits.pids} was reached`, 'warn');
+    if (exitStatus) log('system', `process ended: ${exitStatus}; invocation ${state}`, state === 'succeeded' ? 'info' : 'error');
+
+    // Record the end before releasing: the sandbox cleanup is off the caller's critical path.
+    const final = finish(state, { exit: exitStatus, ...(result ? { result: result.value } : {}), ...(error ? { error } : {}) });
+    // Cleanup spans are added to the trace afterwards, so the whole life of the sandbox is visible.
+    void this.pool
+      .release(sb, reuse)
+      .then((spans) => nativeSpans('cleanup', spans))
+      .catch(() => undefined);
+    return final;
+  }
+
+  /** Kills every running invocation (daemon shutdown): each still ends in a recorded state. */
+  async killAll(): Promise<void> {
+    for (const id of [...this.active.keys()]) this.kill(id);
+  }
+
+  summaries() {
+    return [...this.active.values()].map((a) => summarize(a.record));
+  }
+}
