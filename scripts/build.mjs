@@ -5,8 +5,8 @@ import * as fs from 'node:fs';
 const watch = process.argv.includes('--watch');
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', sourcemap: true, logLevel: 'warning' };
 const entries = [
-  { entryPoints: ['runtime-daemon/daemon/main.ts'], outfile: 'dist/trenvd.js', banner: { js: '#!/usr/bin/env node' } },
-  { entryPoints: ['runtime-daemon/cli/main.ts'], outfile: 'dist/trenv.js', banner: { js: '#!/usr/bin/env node' } },
+  { entryPoints: ['runtime-daemon/daemon/main.ts'], outfile: 'dist/trenvd.js' },
+  { entryPoints: ['runtime-daemon/cli/main.ts'], outfile: 'dist/trenv.js' },
 ];
 if (fs.existsSync('extension/extension.ts')) {
   entries.push({ entryPoints: ['extension/extension.ts'], outfile: 'dist/extension.js', external: ['vscode'] });

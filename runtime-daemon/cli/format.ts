@@ -54,6 +54,7 @@ export function invocationRows(list: InvocationSummary[]): string {
 
 export function traceTable(spans: TraceSpan[]): string {
   if (!spans.length) return '(no spans)';
+  spans = [...spans].sort((a, b) => (BigInt(a.startNs) < BigInt(b.startNs) ? -1 : BigInt(a.startNs) > BigInt(b.startNs) ? 1 : 0));
   const t0 = BigInt(spans.reduce((m, s) => (BigInt(s.startNs) < BigInt(m) ? s.startNs : m), spans[0].startNs));
   return table(
     spans.map((s) => [

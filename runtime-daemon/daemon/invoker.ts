@@ -31,6 +31,7 @@ const MAX_LOG_BYTES = 8 * 1024 * 1024; // per invocation; beyond it lines are dr
 const MAX_LINE = 64 * 1024;
 const MAX_CHAN_LINE = 16 * 1024 * 1024;
 const SAMPLE_MS = 100;
+const RESULT_GRACE_MS = 500;
 
 export interface InvokerEvents {
   log: (l: LogLine) => void;
@@ -173,6 +174,11 @@ export class Invoker extends EventEmitter {
       };
       this.store.append(id, 'trace', s);
       this.emit('span', s);
+      // short handlers end before the first periodic sample: span ends are samples too
+      if (s.state?.memory && s.state.memory.processes > 0) {
+        this.store.append(id, 'memory', s.state.memory);
+        this.emit('memory', id, s.state.memory);
+      }
     };
     const nativeSpans = (prefix: string, spans: NativeSpan[]) => {
       for (const s of spans) span(`${prefix}.${s.name}`, s.startNs, s.endNs);
@@ -241,6 +247,16 @@ export class Invoker extends EventEmitter {
     let tLoaded = 0n;
     let tHandler = 0n;
     let tResult = 0n;
+    // A handler that returned but left threads/handles keeping its process alive is ended after a
+    // short grace: the result is what counts.
+    let graceTimer: NodeJS.Timeout | undefined;
+    let endedAfterResult = false;
+    const afterResult = () => {
+      graceTimer ??= setTimeout(() => {
+        endedAfterResult = true;
+        this.driver.kill(sb!, runId);
+      }, RESULT_GRACE_MS);
+    };
 
     const onChan = (line: string, readNs: bigint) => {
       let msg: Record<string, unknown>;
@@ -273,6 +289,7 @@ export class Invoker extends EventEmitter {
         case 'result':
           tResult = mono;
           result = { value: msg.value };
+          afterResult();
           break;
         case 'error': {
           tResult = mono;
@@ -284,6 +301,7 @@ export class Invoker extends EventEmitter {
             phase: typeof msg.phase === 'string' ? msg.phase : 'handler',
           };
           log('system', `${shimError.type}: ${shimError.message}`, 'error');
+          afterResult();
           break;
         }
         default:
@@ -307,6 +325,7 @@ export class Invoker extends EventEmitter {
       active.kill = () => this.driver.kill(sb!, runId);
       const done = (v: { status: string; ns: bigint } | { error: string }) => {
         clearTimeout(timer);
+        clearTimeout(graceTimer);
         clearInterval(sampler);
         resolve(v);
       };
@@ -355,7 +374,8 @@ export class Invoker extends EventEmitter {
     const oom = counters.oomKills > sb.baseline.oomKills;
     const pidsHit = counters.pidsMaxEvents > sb.baseline.pidsMaxEvents;
     const exitStatus = 'status' in exit ? exit.status : undefined;
-    let reuse = true;
+    // a "fresh" invocation (the benchmark's baseline) never hands its sandbox on
+    let reuse = !params.fresh;
     if ('error' in exit) {
       state = 'failed';
       error = { type: 'SandboxError', message: exit.error, phase: 'sandbox' };
@@ -373,7 +393,7 @@ export class Invoker extends EventEmitter {
         message: `the handler exceeded its memory limit of ${m.limits.memoryMb} MiB and was killed by the kernel (raise limits.memoryMb if this is expected)`,
         phase: 'limit',
       };
-    } else if (result && exitStatus === 'exited:0') {
+    } else if (result && (exitStatus === 'exited:0' || endedAfterResult)) {
       state = 'succeeded';
     } else {
       state = 'failed';

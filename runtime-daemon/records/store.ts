@@ -29,6 +29,24 @@ export function newInvocationId(now = Date.now()): string {
 
 const ID_RE = /^inv-[0-9a-z]{9}-[0-9a-f]{8}$/;
 
+/** True when a file's last line was cut short (a crash mid-write): the next line must start afresh. */
+function endsTorn(file: string): boolean {
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size === 0) return false;
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, size - 1);
+      return b[0] !== 0x0a;
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
 export function summarize(r: InvocationRecord): InvocationSummary {
   const { event: _e, result: _r, ...s } = r;
   return s;
@@ -113,7 +131,8 @@ export class RecordStore {
   }
 
   private appendNow(id: string, kind: Kind, obj: unknown): void {
-    fs.appendFileSync(this.file(id, `${kind}.jsonl`), JSON.stringify(obj) + '\n');
+    const f = this.file(id, `${kind}.jsonl`);
+    fs.appendFileSync(f, (endsTorn(f) ? '\n' : '') + JSON.stringify(obj) + '\n');
   }
 
   append(id: string, kind: Kind, obj: LogLine | TraceSpan | MemorySample): void {

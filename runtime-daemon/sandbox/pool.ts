@@ -21,6 +21,8 @@ export const DEFAULT_POOL: PoolConfig = { maxIdle: 16, idleTtlMs: 5 * 60_000, pr
 
 export class SandboxPool extends EventEmitter {
   private readonly idle = new Map<string, ContainerSandbox[]>();
+  /** cleanups in flight per key: settle when the sandbox is idle (or was discarded) */
+  private readonly cleaning = new Map<string, Set<Promise<void>>>();
   readonly all = new Set<ContainerSandbox>();
   config: PoolConfig = { ...DEFAULT_POOL };
   private evictTimer: NodeJS.Timeout | undefined;
@@ -48,8 +50,14 @@ export class SandboxPool extends EventEmitter {
   async acquire(spec: SandboxSpec, appDir: string, opts: { fresh?: boolean } = {}): Promise<Acquired> {
     if (this.closed) throw new Error('the daemon is shutting down');
     const p0 = process.hrtime.bigint();
-    const list = opts.fresh ? undefined : this.idle.get(poolKey(spec));
-    const sb = list?.pop(); // most recently cleaned: its memory is the warmest
+    const key = poolKey(spec);
+    let sb = opts.fresh ? undefined : this.idle.get(key)?.pop(); // most recently cleaned: the warmest
+    if (!sb && !opts.fresh && this.cleaning.get(key)?.size) {
+      // a sandbox of this key is being cleaned (about a millisecond): waiting for it beats
+      // creating a fresh one (a cold cgroup attach alone can take 10+ ms here)
+      await Promise.race(this.cleaning.get(key)!.values());
+      sb = this.idle.get(key)?.pop();
+    }
     const p1 = process.hrtime.bigint();
     if (sb) {
       sb.state = 'busy';
@@ -84,20 +92,29 @@ export class SandboxPool extends EventEmitter {
     }
     sb.state = 'cleaning';
     this.changed();
+    const key = sb.key;
+    const cleaning = this.driver.clean(sb, this.emptyApp);
+    const settled = cleaning.then(
+      () => undefined,
+      () => undefined,
+    );
+    if (!this.cleaning.has(key)) this.cleaning.set(key, new Set());
+    this.cleaning.get(key)!.add(settled);
     try {
-      const spans = await this.driver.clean(sb, this.emptyApp);
+      const spans = await cleaning;
       if (this.closed) {
         await this.discard(sb);
         return spans;
       }
       sb.state = 'idle';
       sb.lastUsed = Date.now();
-      const key = sb.key;
       if (!this.idle.has(key)) this.idle.set(key, []);
       this.idle.get(key)!.push(sb);
+      this.cleaning.get(key)?.delete(settled);
       this.changed();
       return spans;
     } catch (e) {
+      this.cleaning.get(key)?.delete(settled);
       this.emit('warn', `cleaning ${sb.id} failed (${(e as Error).message}); destroying it`);
       await this.discard(sb);
       return [];

@@ -152,10 +152,12 @@ export class Sandboxd extends EventEmitter {
       case 'error': {
         // error <sbx> <run|-> <message>
         const message = fields.slice(3).join(' ');
-        if (a && a !== '-' && this.runs.has(`${sbx}/${a}`)) {
-          const h = this.runs.get(`${sbx}/${a}`)!;
+        if (a && a !== '-') {
+          // about a run: only that run may hear it (a late kill of a finished run is harmless)
+          const h = this.runs.get(`${sbx}/${a}`);
           this.runs.delete(`${sbx}/${a}`);
-          h.onError(message);
+          if (h) h.onError(message);
+          else this.emit('runError', sbx, a, message);
           return;
         }
         const w = sbx && sbx !== '-' ? this.waiters.get(sbx) : undefined;

@@ -1,0 +1,249 @@
+'use strict';
+/**
+ * trenv runtime shim for Node handlers.
+ *
+ * Run by the daemon inside a sandbox as `node trenv-shim.js` with:
+ *  - cwd `/app` (the agent's folder, read-only),
+ *  - the event JSON on stdin (read to EOF; empty stdin means `{}`),
+ *  - TRENV_HANDLER (`path/to/file.js:function`; .js/.cjs are require()d, .mjs and
+ *    ESM .js are import()ed), TRENV_INVOCATION_ID, TRENV_DEADLINE_MS (unix epoch ms)
+ *    and TRENV_AGENT in the environment,
+ *  - fd 3: the "chan" pipe for structured messages.
+ *
+ * Everything the shim itself has to say goes to fd 3 as JSON lines (one compact
+ * object per line); stdout and stderr belong to the user's code. Messages:
+ * `loaded`, `start`, `log`, then exactly one `result` or `error`. `mono_ns` is
+ * CLOCK_MONOTONIC in nanoseconds (process.hrtime.bigint()), as a decimal string.
+ *
+ * Exit codes: 0 success, 1 handler error, 2 load error, 3 result not JSON.
+ *
+ * load() and invoke() are kept apart so a long-lived template server can load
+ * the module once and invoke it many times.
+ */
+const fs = require('node:fs');
+const path = require('node:path');
+const util = require('node:util');
+const { pathToFileURL } = require('node:url');
+
+const EXIT = { OK: 0, HANDLER: 1, LOAD: 2, RESULT: 3 };
+const CHAN_FD = 3;
+
+class LoadError extends Error {
+  get name() { return 'LoadError'; }
+}
+
+/**
+ * The chan writer. Writes are synchronous on purpose: messages keep their order,
+ * and each one is out of the process before the next line of user code runs or
+ * the process exits.
+ */
+function openChan(fd = CHAN_FD) {
+  try {
+    fs.fstatSync(fd);
+  } catch {
+    fd = 2; // run by hand without fd 3: fall back to stderr so nothing is lost
+  }
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  return {
+    finished: false, // a result or error has been sent
+    /** Write one message; throws (writing nothing) if it cannot be JSON. */
+    send(t, fields = {}) {
+      const line = JSON.stringify({ t, ...fields, mono_ns: process.hrtime.bigint().toString() });
+      let buf = Buffer.from(line + '\n', 'utf8');
+      while (buf.length > 0) {
+        try {
+          buf = buf.subarray(fs.writeSync(fd, buf));
+        } catch (err) {
+          if (err.code !== 'EAGAIN') throw err;
+          Atomics.wait(nap, 0, 0, 1); // non-blocking pipe is full: wait 1 ms for the reader
+        }
+      }
+      if (t === 'result' || t === 'error') this.finished = true;
+    },
+  };
+}
+
+/** The `error` object of an `error` message, without the shim's own stack frames. */
+function describe(err) {
+  if (err !== null && typeof err === 'object' && typeof err.message === 'string') {
+    const type = err.name && err.name !== 'Error' ? err.name : err.constructor?.name || 'Error';
+    const stack = typeof err.stack === 'string' ? err.stack : `${type}: ${err.message}`;
+    const ours = stack.split('\n').filter((line) => !line.includes(__filename));
+    return { type, message: err.message, stack: ours.join('\n') };
+  }
+  const text = util.inspect(err); // `throw "x"`, `throw 42`, ...
+  return { type: typeof err, message: text, stack: text };
+}
+
+/** Wait until everything the user wrote to stdout/stderr has left the process. */
+function flushStdio() {
+  const flushOne = (stream) =>
+    new Promise((resolve) => {
+      if (stream.destroyed || stream.writableEnded) return resolve();
+      // Writes complete in order, so this callback runs after all earlier ones.
+      stream.write('', () => resolve());
+    });
+  return Promise.all([flushOne(process.stdout), flushOne(process.stderr)]);
+}
+
+/** `context.logger`: structured logs, e.g. `logger.info('fetched', { url, ms: 12 })`. */
+function makeLogger(chan) {
+  const log = (level) => (msg, fields) => {
+    let obj = fields == null ? {} : typeof fields === 'object' ? fields : { value: fields };
+    if (obj instanceof Error) obj = { error: obj };
+    // Errors stringify as {}: keep what matters about them.
+    const plain = {};
+    for (const [k, v] of Object.entries(obj)) plain[k] = v instanceof Error ? describe(v) : v;
+    try {
+      chan.send('log', { level, msg: String(msg), fields: plain });
+    } catch {
+      // Circular, BigInt, ...: a bad field must never break logging.
+      const shown = Object.fromEntries(Object.entries(plain).map(([k, v]) => [k, util.inspect(v)]));
+      chan.send('log', { level, msg: String(msg), fields: shown });
+    }
+  };
+  return { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') };
+}
+
+/** The second argument of every handler. */
+function makeContext({ invocationId, deadlineMs, agent }, chan) {
+  return {
+    invocationId,
+    deadlineMs, // unix epoch ms, or null if no deadline
+    agent,
+    logger: makeLogger(chan),
+    /** Milliseconds left before the deadline (never negative; Infinity if none). */
+    remainingMs() {
+      return deadlineMs == null ? Infinity : Math.max(0, deadlineMs - Date.now());
+    },
+  };
+}
+
+function contextFromEnv(env, chan) {
+  return makeContext(
+    {
+      invocationId: env.TRENV_INVOCATION_ID ?? '',
+      deadlineMs: env.TRENV_DEADLINE_MS ? Number(env.TRENV_DEADLINE_MS) : null,
+      agent: env.TRENV_AGENT ?? '',
+    },
+    chan,
+  );
+}
+
+/**
+ * Load `file.js:function` (relative to appDir) and return the function.
+ * Rejects with LoadError for a bad spec or a missing file/function; errors thrown
+ * while evaluating the module propagate unchanged.
+ */
+async function load(spec, appDir = process.cwd()) {
+  const m = /^(.+\.(?:js|cjs|mjs)):([A-Za-z_$][\w$]*)$/.exec(spec ?? '');
+  if (!m) {
+    throw new LoadError(`bad handler '${spec ?? ''}': expected 'file.js:function', e.g. 'index.js:handler'`);
+  }
+  const [, file, name] = m;
+  const abs = path.resolve(appDir, file);
+  if (!fs.statSync(abs, { throwIfNoEntry: false })?.isFile()) {
+    throw new LoadError(`handler file '${file}' not found in ${path.resolve(appDir)}`);
+  }
+
+  let mod;
+  if (abs.endsWith('.mjs')) {
+    mod = await import(pathToFileURL(abs).href);
+  } else {
+    try {
+      mod = require(abs);
+    } catch (err) {
+      if (err.code !== 'ERR_REQUIRE_ESM') throw err; // .js in a "type": "module" package
+      mod = await import(pathToFileURL(abs).href);
+    }
+  }
+
+  const fn = mod[name] ?? mod.default?.[name];
+  if (fn === undefined) throw new LoadError(`${file} does not export '${name}'`);
+  if (typeof fn !== 'function') throw new LoadError(`${file}:${name} is not a function`);
+  return fn;
+}
+
+/** Call the handler once and report its result on chan. Resolves to the exit code. */
+async function invoke(handler, event, context, chan) {
+  chan.send('start');
+  let value;
+  try {
+    value = await handler(event, context);
+  } catch (err) {
+    await flushStdio();
+    chan.send('error', { phase: 'handler', error: describe(err) });
+    return EXIT.HANDLER;
+  }
+
+  await flushStdio();
+  try {
+    if (typeof value === 'function' || typeof value === 'symbol' || typeof value === 'bigint') {
+      throw new TypeError(`handler returned a ${typeof value}, which is not JSON`);
+    }
+    // JSON.stringify throws on cycles and BigInt; NaN/Infinity become null (JSON.stringify's rule).
+    chan.send('result', { value: value === undefined ? null : value });
+  } catch (err) {
+    chan.send('error', { phase: 'result', error: describe(err) });
+    return EXIT.RESULT;
+  }
+  return EXIT.OK;
+}
+
+/** Parse all of stream as the event; empty input is `{}`. */
+async function readEvent(stream) {
+  const chunks = [];
+  for await (const chunk of stream) chunks.push(chunk);
+  const raw = Buffer.concat(chunks).toString('utf8');
+  try {
+    return raw.trim() ? JSON.parse(raw) : {};
+  } catch (err) {
+    throw new SyntaxError(`the event on stdin is not JSON: ${err.message}`);
+  }
+}
+
+/** One-shot mode: load, read the event, invoke, exit. */
+function runOnce() {
+  const chan = openChan();
+  let phase = 'load';
+
+  const exit = async (code) => {
+    await flushStdio();
+    // process.exit, not exitCode: the result is out, and a handler's leftover timers
+    // or keep-alive sockets must not hold the sandbox until its deadline.
+    process.exit(code);
+  };
+  const fail = (err, code) => {
+    if (chan.finished) return undefined; // already reported and on the way out
+    chan.send('error', { phase, error: describe(err) });
+    return exit(code);
+  };
+
+  // Errors thrown outside the handler's own promise chain (timers, event emitters).
+  process.on('uncaughtException', (err) => fail(err, phase === 'load' ? EXIT.LOAD : EXIT.HANDLER));
+  // The event loop ran dry while we were still awaiting the handler.
+  process.on('beforeExit', () => fail(new Error("the handler's promise never settled"), EXIT.HANDLER));
+
+  (async () => {
+    let handler;
+    try {
+      handler = await load(process.env.TRENV_HANDLER);
+    } catch (err) {
+      return fail(err, EXIT.LOAD);
+    }
+    chan.send('loaded');
+    phase = 'handler';
+
+    let event;
+    try {
+      event = await readEvent(process.stdin);
+    } catch (err) {
+      return fail(err, EXIT.HANDLER); // not JSON: the handler cannot be called with it
+    }
+    return exit(await invoke(handler, event, contextFromEnv(process.env, chan), chan));
+  })();
+}
+
+module.exports = { EXIT, LoadError, openChan, describe, flushStdio, makeContext, contextFromEnv, load, invoke, readEvent };
+
+if (require.main === module) runOnce();

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine, as root: system packages, npm dependencies,
+# the native sandbox manager and the bundles. Safe to run again; quick when everything is current.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup: needs root (apt packages, and the daemon itself needs namespaces, cgroups and mounts): run it with sudo" >&2
+  exit 1
+fi
+
+# ---- Debian packages
+APT_PACKAGES=(gcc make libc6-dev python3 slirp4netns iproute2 procps util-linux ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- Node.js (the machine ships Node 20; Debian's nodejs 18 would do for the daemon too)
+if ! command -v node >/dev/null; then
+  log "installing nodejs and npm from Debian"
+  apt-get install -y -qq nodejs npm >/dev/null
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 18 ]; then echo "setup: Node >= 18 is needed, found $(node --version)" >&2; exit 1; fi
+
+# ---- npm dependencies (only when package-lock.json changed)
+stamp=node_modules/.trenv-lock-hash
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+# ---- native sandbox manager and bundles
+log "building the native sandbox manager"
+make -s -C runtime-daemon/native
+log "bundling the daemon and CLI"
+node scripts/build.mjs
+log "ready"
