@@ -14,7 +14,9 @@ import type {
   SandboxStateSummary,
   TraceSpan,
 } from '../protocol/messages';
-import { LoadedAgent, loadAgent } from '../manifest/manifest';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LoadedAgent, loadAgent, ManifestError } from '../manifest/manifest';
 import { sampleProcesses } from '../metrics/smaps';
 import { RecordStore, newInvocationId, summarize } from '../records/store';
 import { ContainerDriver, ContainerSandbox, SandboxSpec } from '../sandbox/container';
@@ -43,6 +45,22 @@ export interface InvokerEvents {
 export declare interface Invoker {
   on<E extends keyof InvokerEvents>(event: E, listener: InvokerEvents[E]): this;
   emit<E extends keyof InvokerEvents>(event: E, ...args: Parameters<InvokerEvents[E]>): boolean;
+}
+
+/**
+ * The agent's code is mounted read-only at /app and read by the unprivileged sandbox user: a folder
+ * or handler file that only its owner can read would fail inside with a confusing "not found".
+ */
+export function checkReadableBySandbox(agent: LoadedAgent): void {
+  const check = (p: string, need: number, what: string) => {
+    const st = fs.statSync(p);
+    if (st.uid === SANDBOX_UID || (st.mode & need) === need) return;
+    throw new ManifestError(agent.dir, [
+      { path: '/handler', message: `${what} ${p} is not readable by the sandbox user (uid ${SANDBOX_UID}): make it readable, e.g. chmod o+rX`, severity: 'error' },
+    ]);
+  };
+  check(agent.dir, 0o005, 'the agent folder');
+  check(path.join(agent.dir, agent.handlerFile), 0o004, 'the handler file');
 }
 
 /** Splits a byte stream into lines, keeping the partial tail. */
@@ -107,7 +125,9 @@ export class Invoker extends EventEmitter {
 
   /** Loads the agent (throws for a missing or invalid agent: no record is made for those). */
   prepare(params: InvokeParams): LoadedAgent {
-    return loadAgent(params.agentDir);
+    const agent = loadAgent(params.agentDir);
+    checkReadableBySandbox(agent);
+    return agent;
   }
 
   async invoke(params: InvokeParams, agent: LoadedAgent = loadAgent(params.agentDir), onCreated?: (id: string) => void): Promise<InvocationRecord> {

@@ -12,6 +12,12 @@ test('kill -9 mid-invocation: daemon-lost record, no leftover processes, cgroups
   await waitFor(() => processesOfInstance(instance).length >= 2, 5000, 'the handler to run');
   const list = await d.client.rpc.sendRequest(Methods.listInvocations, { limit: 1 });
   const id = list[0].id;
+  // the handler has printed its first line (and the daemon has stored it) before the kill
+  for (let i = 0; i < 100; i++) {
+    const det = await d.client.rpc.sendRequest(Methods.getInvocation, { id });
+    if (det.logs.some((l) => l.text === 'sleeping')) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   const sandboxPids = processesOfInstance(instance);
   await d.kill9();
   await pending;

@@ -76,6 +76,7 @@ export async function startDaemon(stateDir = tempStateDir()): Promise<TestDaemon
 export function copyAgent(src: string, patch: (m: Record<string, unknown>) => void = () => undefined): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trenv-agent-'));
   fs.cpSync(src, dir, { recursive: true });
+  fs.chmodSync(dir, 0o755); // mkdtemp makes 0700: the sandbox user must be able to read the code
   const mf = path.join(dir, 'trenv.json');
   const m = JSON.parse(fs.readFileSync(mf, 'utf8')) as Record<string, unknown>;
   patch(m);

@@ -75,7 +75,11 @@ test('memory limit: a hog ends as oom', async () => {
 
 test('pids limit contains a fork bomb', async () => {
   const r = await d.invoke({ agentDir: PROBE, event: { action: 'forkbomb' } });
-  assert.notEqual(r.state, 'succeeded');
+  assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+  const peak = (r.result as { peak_processes: number }).peak_processes;
+  assert.ok(peak > 10 && peak <= 32, `the bomb ran but stayed within pids.max=32 (saw ${peak}, init included)`);
+  const det = await d.client.rpc.sendRequest(Methods.getInvocation, { id: r.id });
+  assert.ok(det.logs.some((l) => /process limit of 32 was reached/.test(l.text)), 'the limit hit is reported');
   const after = await d.invoke({ agentDir: PROBE, event: { action: 'check_leftovers' } });
   assert.equal(after.state, 'succeeded', 'the next function runs normally');
   assert.ok((after.result as { procs: string[] }).procs.length <= 3);
