@@ -102,7 +102,8 @@ export class SandboxPool extends EventEmitter {
     this.cleaning.get(key)!.add(settled);
     try {
       const spans = await cleaning;
-      if (this.closed) {
+      if (this.closed || this.idleCount() >= this.config.maxIdle) {
+        this.cleaning.get(key)?.delete(settled);
         await this.discard(sb);
         return spans;
       }
