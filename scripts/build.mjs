@@ -3,7 +3,7 @@ import * as esbuild from 'esbuild';
 import * as fs from 'node:fs';
 
 const watch = process.argv.includes('--watch');
-const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', sourcemap: true, logLevel: 'warning' };
+const common = { bundle: true, platform: 'node', mainFields: ['module', 'main'], target: 'node20', format: 'cjs', sourcemap: true, logLevel: 'warning' };
 const entries = [
   { entryPoints: ['runtime-daemon/daemon/main.ts'], outfile: 'dist/trenvd.js' },
   { entryPoints: ['runtime-daemon/cli/main.ts'], outfile: 'dist/trenv.js' },

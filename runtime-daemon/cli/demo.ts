@@ -39,6 +39,16 @@ export async function runDemo(stateDir: string): Promise<number> {
       .map((n) => path.join(examplesDir, n))
       .filter((d) => fs.existsSync(path.join(d, 'trenv.json')))
       .sort();
+    // memory templates for every agent whose runtime supports them here
+    for (const dir of agents) {
+      try {
+        const t = await c.rpc.sendRequest(Methods.buildTemplate, { agentDir: dir });
+        process.stdout.write(`template ${t.name}: built in ${f.ms(t.buildMs)}, zygote RSS ${f.kb(t.memory?.rssKb)}, preloaded ${t.preload.join(', ') || '-'}\n`);
+      } catch (e) {
+        process.stdout.write(f.dim(`no template for ${path.basename(dir)}: ${(e as Error).message}`) + '\n');
+      }
+    }
+    process.stdout.write('\n');
     const rows: string[][] = [];
     const details: Array<{ agent: string; fresh: InvocationDetail; repurposed: InvocationDetail }> = [];
     for (const dir of agents) {
@@ -54,6 +64,7 @@ export async function runDemo(stateDir: string): Promise<number> {
           rec.agent,
           f.stateColor(rec.state),
           rec.start ?? '-',
+          rec.template ? `template` : 'cold',
           f.ms(rec.durationMs),
           rec.state === 'succeeded' ? brief(rec.result) : f.red(`${rec.error?.type}: ${rec.error?.message}`),
         ]);
@@ -61,16 +72,23 @@ export async function runDemo(stateDir: string): Promise<number> {
       const [a, b] = await Promise.all(runs.map((r) => c.rpc.sendRequest(Methods.getInvocation, { id: r.id })));
       details.push({ agent: path.basename(dir), fresh: a, repurposed: b });
     }
-    process.stdout.write(f.bold('Results') + '\n' + f.table(rows, ['AGENT', 'STATE', 'SANDBOX', 'TIME', 'RESULT']) + '\n\n');
+    process.stdout.write(f.bold('Results') + '\n' + f.table(rows, ['AGENT', 'STATE', 'SANDBOX', 'RUNTIME', 'TIME', 'RESULT']) + '\n\n');
 
-    const show = details[0];
+    const show = details.find((d) => d.repurposed.record.template) ?? details[0];
     if (show) {
+      // the baseline: the same agent in a fresh sandbox with a cold runtime
+      const coldRec = await c.rpc.sendRequest(Methods.invoke, { agentDir: show.fresh.record.agentDir, event: eventFor(show.fresh.record.agentDir), fresh: true, template: false });
       // the cleanup spans are appended after the record ends: give them a moment
       await new Promise((r) => setTimeout(r, 100));
-      const fresh = await c.rpc.sendRequest(Methods.getInvocation, { id: show.fresh.record.id });
+      const cold = await c.rpc.sendRequest(Methods.getInvocation, { id: coldRec.id });
       const rep = await c.rpc.sendRequest(Methods.getInvocation, { id: show.repurposed.record.id });
-      process.stdout.write(f.bold(`Restore trace: ${show.agent} in a fresh sandbox`) + '\n' + f.traceTable(fresh.trace) + '\n\n');
-      process.stdout.write(f.bold(`Restore trace: ${show.agent} in a repurposed sandbox`) + '\n' + f.traceTable(rep.trace) + '\n\n');
+      process.stdout.write(f.bold(`Restore trace: ${show.agent}, fresh sandbox + cold runtime (${f.ms(cold.record.durationMs)})`) + '\n' + f.traceTable(cold.trace) + '\n\n');
+      process.stdout.write(
+        f.bold(`Restore trace: ${show.agent}, repurposed sandbox + ${rep.record.template ? 'memory template' : 'cold runtime'} (${f.ms(rep.record.durationMs)})`) +
+          '\n' +
+          f.traceTable(rep.trace) +
+          '\n\n',
+      );
     }
 
     const memRows = details.map((d) => {
@@ -78,6 +96,7 @@ export async function runDemo(stateDir: string): Promise<number> {
       return f.memoryRow(`${d.agent} (peak while running)`, peak);
     });
     const stats = await c.rpc.sendRequest(Methods.stats);
+    for (const t of stats.templates.filter((x) => x.live)) memRows.push(f.memoryRow(`template ${t.name} (zygote, shared by its instances)`, t.memory));
     memRows.push(f.memoryRow(`${stats.sandboxes.length} pooled sandboxes now (idle)`, stats.total));
     process.stdout.write(f.bold('Memory') + '\n' + f.table(memRows, f.MEMORY_HEADER) + '\n');
   } finally {

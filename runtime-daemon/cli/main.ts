@@ -25,7 +25,8 @@ const USAGE = `usage: trenv <command> [options]
 
   daemon start [--port N] [--foreground]   start the daemon (needs root: use sudo)
   daemon stop | daemon status
-  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh]
+  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh] [--no-template]
+  template build <agent-dir> | template ls | template rm <name>
   ps [--limit N] [--json]                  recent invocations and live sandboxes
   logs <invocation> [--follow] [--json]    logs of an invocation (id or unique prefix/suffix)
   trace <invocation> [--json]              restore trace of an invocation, step by step
@@ -138,7 +139,11 @@ async function daemonStop(stateDir: string): Promise<void> {
   throw new Error(`the daemon (pid ${info.pid}) did not stop within 10 s`);
 }
 
-async function invoke(stateDir: string, dir: string, o: { event?: string; env?: string[]; json?: boolean; trace?: boolean; fresh?: boolean; vm?: boolean }): Promise<number> {
+async function invoke(
+  stateDir: string,
+  dir: string,
+  o: { event?: string; env?: string[]; json?: boolean; trace?: boolean; fresh?: boolean; vm?: boolean; 'no-template'?: boolean },
+): Promise<number> {
   const event = parseEvent(o.event);
   return withDaemon(stateDir, async (rpc) => {
     if (!o.json) rpc.onNotification(Notifications.log, (l: LogLine) => {
@@ -150,13 +155,17 @@ async function invoke(stateDir: string, dir: string, o: { event?: string; env?: 
       env: parseEnv(o.env),
       stream: !o.json,
       fresh: o.fresh,
+      template: o['no-template'] ? false : undefined,
       sandbox: o.vm ? 'vm' : undefined,
     });
     const detail = o.trace || o.json ? await rpc.sendRequest(Methods.getInvocation, { id: rec.id }) : undefined;
     if (o.json) {
       out(JSON.stringify(o.trace ? detail : rec, null, 2));
     } else {
-      out(`${f.bold(rec.agent)} ${f.stateColor(rec.state)} in ${f.ms(rec.durationMs)} (${rec.start ?? '-'} sandbox ${rec.sandboxId ?? '-'}, ${rec.id})`);
+      out(
+        `${f.bold(rec.agent)} ${f.stateColor(rec.state)} in ${f.ms(rec.durationMs)} (${rec.start ?? '-'} sandbox ${rec.sandboxId ?? '-'}, ` +
+          `${rec.template ? `template ${rec.template}` : 'cold runtime'}, ${rec.id})`,
+      );
       if (rec.state === 'succeeded') out(JSON.stringify(rec.result, null, 2));
       else if (rec.error) {
         out(f.red(`${rec.error.type}: ${rec.error.message}`));
@@ -208,6 +217,7 @@ async function main(argv: string[]): Promise<number> {
       trace: { type: 'boolean' },
       fresh: { type: 'boolean' },
       vm: { type: 'boolean' },
+      'no-template': { type: 'boolean' },
       follow: { type: 'boolean', short: 'f' },
       limit: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -248,6 +258,38 @@ async function main(argv: string[]): Promise<number> {
     case 'invoke':
       if (!sub) throw new UsageError('usage: trenv invoke <agent-dir> [--event JSON|@file]');
       return invoke(stateDir, sub, values);
+    case 'template':
+      return withDaemon(stateDir, async (rpc) => {
+        if (sub === 'build') {
+          const dir = rest[0];
+          if (!dir) throw new UsageError('usage: trenv template build <agent-dir>');
+          rpc.onNotification(Notifications.progress, (p) => {
+            process.stderr.write(`${f.dim(p.message)}\n`);
+          });
+          const t = await rpc.sendRequest(Methods.buildTemplate, { agentDir: path.resolve(dir) });
+          out(values.json ? JSON.stringify(t, null, 2) : `template ${t.name} built in ${f.ms(t.buildMs)} (${t.kind}, ${t.runtimeVersion}, zygote PSS ${f.kb(t.memory?.pssKb)})`);
+          return 0;
+        }
+        if (sub === 'ls' || sub === 'list') {
+          const list = await rpc.sendRequest(Methods.listTemplates);
+          if (values.json) out(JSON.stringify(list, null, 2));
+          else
+            out(
+              f.table(
+                list.map((t) => [t.name, t.kind, t.live ? f.green('live') : 'stopped', t.runtimeVersion, f.kb(t.memory?.rssKb), f.kb(t.memory?.pssKb), t.preload.join(',') || '-']),
+                ['TEMPLATE', 'KIND', 'STATE', 'RUNTIME', 'RSS', 'PSS', 'PRELOAD'],
+              ),
+            );
+          return 0;
+        }
+        if (sub === 'rm') {
+          if (!rest[0]) throw new UsageError('usage: trenv template rm <name>');
+          const r = await rpc.sendRequest(Methods.deleteTemplate, { name: rest[0] });
+          out(r.deleted ? `template ${rest[0]} deleted` : `no template ${rest[0]}`);
+          return r.deleted ? 0 : 1;
+        }
+        throw new UsageError('usage: trenv template build <agent-dir> | template ls | template rm <name>');
+      });
     case 'ps':
       return withDaemon(stateDir, async (rpc) => {
         const [list, sbs] = await Promise.all([rpc.sendRequest(Methods.listInvocations, { limit: Number(values.limit ?? 20) }), rpc.sendRequest(Methods.listSandboxes)]);
@@ -274,7 +316,17 @@ async function main(argv: string[]): Promise<number> {
       return withDaemon(stateDir, async (rpc) => {
         const s = await rpc.sendRequest(Methods.stats);
         if (values.json) out(JSON.stringify(s, null, 2));
-        else out(f.table([...s.sandboxes.map((sb) => f.memoryRow(`${sb.id} (${sb.state})`, sb.memory)), f.memoryRow('total', s.total)], f.MEMORY_HEADER));
+        else
+          out(
+            f.table(
+              [
+                ...s.templates.filter((t) => t.live).map((t) => f.memoryRow(`template ${t.name} (zygote)`, t.memory)),
+                ...s.sandboxes.map((sb) => f.memoryRow(`${sb.id} (${sb.state})`, sb.memory)),
+                f.memoryRow('sandboxes total', s.total),
+              ],
+              f.MEMORY_HEADER,
+            ),
+          );
         return 0;
       });
     case 'validate':

@@ -25,6 +25,8 @@ import { ContainerDriver } from '../sandbox/container';
 import { DEFAULT_POOL, SandboxPool } from '../sandbox/pool';
 import { ClientConnection, DaemonServer, paramsError } from '../server/server';
 import { Invoker } from './invoker';
+import { TemplateManager } from '../template/templates';
+import { loadAgent } from '../manifest/manifest';
 import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
 
 export const VERSION = '0.1.0';
@@ -51,6 +53,7 @@ export class Daemon {
   private driver!: ContainerDriver;
   private pool!: SandboxPool;
   private invoker!: Invoker;
+  private templates!: TemplateManager;
   private server!: DaemonServer;
   private readonly subs = new Map<ClientConnection, Subscription[]>();
   private port = 0;
@@ -100,7 +103,9 @@ export class Daemon {
       this.pool.on('changed', () => this.notify('sandboxes', undefined, (c) => void c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
       this.pool.start();
 
-      this.invoker = new Invoker(this.store, this.pool, this.driver);
+      this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'));
+      this.templates.log = this.log;
+      this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates);
       this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => void c.rpc.sendNotification(Notifications.log, l)));
       this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => void c.rpc.sendNotification(Notifications.span, s)));
       this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => void c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));
@@ -184,7 +189,7 @@ export class Daemon {
   private stats(): StatsResult {
     const sandboxes = this.sandboxInfos();
     const total = sandboxes.reduce((acc, s) => (s.memory ? addSamples(acc, s.memory) : acc), emptySample());
-    return { sandboxes, total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
+    return { sandboxes, templates: this.templates.list(), total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
   }
 
   private register(c: ClientConnection): void {
@@ -265,6 +270,28 @@ export class Daemon {
       await this.pool.evictExpired();
       return cfg;
     });
+    rpc.onRequest(Methods.buildTemplate, async (p: { agentDir: string }) => {
+      if (!isObject(p) || typeof p.agentDir !== 'string' || !p.agentDir) throw paramsError('"agentDir" is required');
+      let agent;
+      try {
+        agent = loadAgent(p.agentDir);
+      } catch (e) {
+        if (e instanceof AgentNotFoundError) throw new ResponseError(ErrorCodes.AgentNotFound, e.message);
+        if (e instanceof ManifestError) throw new ResponseError(ErrorCodes.ManifestInvalid, e.message, e.diagnostics);
+        throw e;
+      }
+      try {
+        const meta = await this.templates.build(agent, (message) => void c.rpc.sendNotification(Notifications.progress, { what: `template ${agent.manifest.name}`, message }));
+        return this.templates.list().find((t) => t.name === meta.name)!;
+      } catch (e) {
+        throw new ResponseError(ErrorCodes.TemplateFailed, (e as Error).message);
+      }
+    });
+    rpc.onRequest(Methods.listTemplates, () => this.templates.list());
+    rpc.onRequest(Methods.deleteTemplate, async (p: { name: string }) => {
+      if (!isObject(p) || typeof p.name !== 'string') throw paramsError('"name" is required');
+      return { deleted: await this.templates.remove(p.name) };
+    });
     rpc.onRequest(Methods.shutdown, () => {
       setImmediate(() => void this.stop());
       return { ok: true as const };
@@ -285,6 +312,7 @@ export class Daemon {
         while (this.invoker.runningCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
       }
       await this.pool?.close();
+      await this.templates?.stopAll();
       await this.server?.close();
       this.store?.flush();
       await this.driver?.stop();

@@ -22,7 +22,8 @@ import { RecordStore, newInvocationId, summarize } from '../records/store';
 import { ContainerDriver, ContainerSandbox, SandboxSpec } from '../sandbox/container';
 import { SandboxPool } from '../sandbox/pool';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
-import type { NativeSpan } from '../sandbox/sandboxd';
+import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
+import { TemplateManager } from '../template/templates';
 
 const RUNTIMES: Record<string, string[]> = {
   python: ['/usr/bin/python3', '-B', '/opt/trenv/runtimes/python/trenv_shim.py'],
@@ -103,6 +104,7 @@ export class Invoker extends EventEmitter {
     private readonly store: RecordStore,
     private readonly pool: SandboxPool,
     private readonly driver: ContainerDriver,
+    private readonly templates?: TemplateManager,
   ) {
     super();
   }
@@ -222,6 +224,25 @@ export class Invoker extends EventEmitter {
       network: m.network,
     };
 
+    // ---- the memory template, if the agent has one (rebuilt here when stale)
+    let zygoteSocket: string | undefined;
+    if (this.templates && params.template !== false) {
+      const t0 = process.hrtime.bigint();
+      try {
+        const t = await this.templates.forInvoke(agent, (msg) => log('system', msg, 'info'));
+        if (t) {
+          zygoteSocket = t.zygote.socketPath;
+          record.template = t.meta.name;
+          if (t.rebuilt) log('system', `template ${t.meta.name} was rebuilt: ${t.rebuilt}`, 'info');
+          span('template.pick', t0, process.hrtime.bigint(), { template: t.meta.name, kind: t.meta.kind, ...(t.rebuilt ? { rebuilt: t.rebuilt } : {}) });
+        }
+      } catch (e) {
+        // a template that cannot be (re)built must not block the function: start it cold
+        log('system', `template unavailable (${(e as Error).message}): starting the runtime cold`, 'warn');
+        span('template.pick', t0, process.hrtime.bigint(), { result: 'cold-fallback' }, (e as Error).message);
+      }
+    }
+
     // ---- get a sandbox
     const tAcq = process.hrtime.bigint();
     try {
@@ -295,7 +316,7 @@ export class Invoker extends EventEmitter {
       switch (msg.t) {
         case 'loaded':
           tLoaded = mono;
-          span('runtime.load', tStarted || tRunSent, mono, { runtime: m.runtime });
+          span(zygoteSocket ? 'agent.load' : 'runtime.load', tStarted || tRunSent, mono, { runtime: m.runtime });
           break;
         case 'start':
           tHandler = mono;
@@ -351,14 +372,11 @@ export class Invoker extends EventEmitter {
       };
       tRunSent = process.hrtime.bigint();
       try {
-        this.driver.run(
-          sb!,
-          runId,
-          { argv: runtime, env, cwd: '/app', uid: SANDBOX_UID, gid: SANDBOX_GID, stdin },
-          {
+        const handlers: RunHandlers = {
             onStarted: (_pid, ns) => {
               tStarted = ns;
-              span('process.start', tRunSent, ns, { argv0: runtime[0] });
+              if (zygoteSocket) span('template.attach', tRunSent, ns, { how: 'fork from zygote, join sandbox namespaces + cgroup, drop privileges', template: record.template ?? '' });
+              else span('process.start', tRunSent, ns, { argv0: runtime[0] });
             },
             onData: (stream, ns, data) => {
               const t = this.epochOf(ns);
@@ -377,8 +395,10 @@ export class Invoker extends EventEmitter {
               done({ status, ns });
             },
             onError: (message) => done({ error: message }),
-          },
-        );
+        };
+        const opts = { env, cwd: '/app', uid: SANDBOX_UID, gid: SANDBOX_GID, stdin };
+        if (zygoteSocket) this.driver.spawn(sb!, runId, zygoteSocket, opts, handlers);
+        else this.driver.run(sb!, runId, { argv: runtime, ...opts }, handlers);
       } catch (e) {
         done({ error: (e as Error).message });
       }

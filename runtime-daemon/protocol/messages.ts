@@ -40,6 +40,8 @@ export interface InvocationSummary {
   sandboxId?: string;
   /** how the sandbox was obtained */
   start?: 'fresh' | 'repurposed';
+  /** the memory template the instance started from (absent: a cold runtime start) */
+  template?: string;
   state: InvocationState;
   createdAt: number; // epoch ms
   endedAt?: number;
@@ -109,6 +111,23 @@ export interface InvokeParams {
   stream?: boolean;
   /** force a fresh sandbox (no repurposing) - used by the benchmark's baseline */
   fresh?: boolean;
+  /** false: start the runtime cold even when the agent has a template */
+  template?: boolean;
+}
+
+export interface TemplateInfo {
+  name: string;
+  agentDir: string;
+  runtime: string;
+  kind: string;
+  builtAt: number;
+  buildMs: number;
+  agentHash: string;
+  runtimeVersion: string;
+  preload: string[];
+  live: boolean;
+  pid?: number;
+  memory?: MemorySample;
 }
 
 export interface InvocationDetail {
@@ -145,6 +164,7 @@ export interface DaemonStatus {
 
 export interface StatsResult {
   sandboxes: SandboxInfo[];
+  templates: TemplateInfo[];
   total: MemorySample;
   daemonRssKb: number;
 }
@@ -182,6 +202,9 @@ export const Methods = {
   unsubscribe: new RequestType<SubscribeParams, { ok: true }, void>('trenv/unsubscribe'),
   configurePool: new RequestType<Partial<PoolConfig>, PoolConfig, void>('trenv/configurePool'),
   shutdown: new RequestType0<{ ok: true }, void>('trenv/shutdown'),
+  buildTemplate: new RequestType<{ agentDir: string }, TemplateInfo, void>('trenv/buildTemplate'),
+  listTemplates: new RequestType0<TemplateInfo[], void>('trenv/listTemplates'),
+  deleteTemplate: new RequestType<{ name: string }, { deleted: boolean }, void>('trenv/deleteTemplate'),
 } as const;
 
 export const Notifications = {
@@ -190,6 +213,8 @@ export const Notifications = {
   memory: new NotificationType<{ invocationId: string; sample: MemorySample }>('trenv/memory'),
   invocation: new NotificationType<InvocationSummary>('trenv/invocation'),
   sandboxes: new NotificationType<SandboxInfo[]>('trenv/sandboxes'),
+  /** progress of long work (template builds), for the caller that asked for it */
+  progress: new NotificationType<{ what: string; message: string }>('trenv/progress'),
 } as const;
 
 /** JSON-RPC error codes we use besides the standard ones. */
@@ -204,6 +229,7 @@ export const ErrorCodes = {
   AgentNotFound: -32011,
   NotFound: -32012,
   SandboxFailed: -32020,
+  TemplateFailed: -32030,
 } as const;
 
 /** Largest JSON-RPC message the daemon accepts (bytes). */

@@ -141,6 +141,12 @@ export class ContainerDriver {
     this.native.run(sb.id, runId, o, h);
   }
 
+  spawn(sb: ContainerSandbox, runId: string, zygoteSocket: string, o: Omit<RunOptions, 'argv'>, h: RunHandlers): void {
+    const c = sb.cgroup.counters();
+    sb.baseline = { oomKills: c.oomKills, pidsMaxEvents: c.pidsMaxEvents };
+    this.native.spawn(sb.id, runId, zygoteSocket, o, h);
+  }
+
   kill(sb: ContainerSandbox, runId: string): void {
     this.native.kill(sb.id, runId);
   }

@@ -226,6 +226,23 @@ export class Sandboxd extends EventEmitter {
     }
   }
 
+  /** Like run, but the process is forked by a template's zygote and joins this sandbox. */
+  spawn(sbx: string, run: string, zygoteSocket: string, o: Omit<RunOptions, 'argv'>, h: RunHandlers): void {
+    const key = `${sbx}/${run}`;
+    if (this.runs.has(key)) throw new SandboxdError(`run ${run} already active in ${sbx}`);
+    const fields: Array<string | Buffer> = ['spawn', sbx, run, `zygote=${zygoteSocket}`];
+    for (const e of o.env) fields.push(`env=${e}`);
+    fields.push(`cwd=${o.cwd}`, `uid=${o.uid}`, `gid=${o.gid}`);
+    fields.push(Buffer.concat([Buffer.from('stdin='), o.stdin]));
+    this.runs.set(key, h);
+    try {
+      this.send(fields);
+    } catch (e) {
+      this.runs.delete(key);
+      throw e;
+    }
+  }
+
   kill(sbx: string, run: string): void {
     if (this.alive) this.send(['kill', sbx, run]);
   }

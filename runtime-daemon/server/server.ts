@@ -7,13 +7,16 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { createMessageConnection, MessageConnection, ResponseError } from 'vscode-jsonrpc/node';
+import { ResponseError } from 'vscode-jsonrpc/node';
+import type { Connection } from 'vscode-languageserver';
+import { createClientConnection, serveLanguageFeatures } from './lsp';
 import { ErrorCodes, MAX_MESSAGE_BYTES } from '../protocol/messages';
 import { wsTransport } from '../protocol/transport';
 
 export interface ClientConnection {
   id: number;
-  rpc: MessageConnection;
+  /** JSON-RPC peer: the trenv/ methods, and the language server features for editor clients */
+  rpc: Connection;
   socket: WebSocket;
 }
 
@@ -84,7 +87,8 @@ export class DaemonServer {
         ws.send(JSON.stringify({ jsonrpc: '2.0', id: bad.id, error: { code: bad.code, message: bad.message } }));
       }
     });
-    const rpc = createMessageConnection(transport.reader, transport.writer);
+    const rpc = createClientConnection(transport.reader, transport.writer, () => ws.close());
+    serveLanguageFeatures(rpc);
     const c: ClientConnection = { id: ++this.nextId, rpc, socket: ws };
     this.clients.add(c);
     ws.on('error', () => undefined);

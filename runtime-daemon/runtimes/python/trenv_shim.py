@@ -230,7 +230,11 @@ def context_from_env(env, chan):
     )
 
 
-def main():
+def run_once():
+    """One invocation, the way the daemon runs the shim: load the handler named by
+    ``TRENV_HANDLER`` from the cwd, read the event from stdin, invoke it, report on
+    chan. Returns the exit code. Also the entry the fork zygote (trenv_zygote.py)
+    calls in each instance after it has joined its sandbox."""
     chan = Chan()
     try:
         handler = load(os.environ.get("TRENV_HANDLER", ""))
@@ -248,5 +252,7 @@ def main():
     return invoke(handler, event, context_from_env(os.environ, chan), chan)
 
 
+main = run_once  # the CLI entry (kept for callers of the old name)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_once())
