@@ -32,14 +32,14 @@ test('manifest diagnostics point at the offending field', () => {
   const dir = agent({}, { 'main.py': 'def handler(e, c):\n  return 1\n' });
   const doc = TextDocument.create('file://' + path.join(dir, 'trenv.json'), 'json', 1, text);
   const d = manifestDiagnostics(doc, path.join(dir, 'trenv.json'));
-  const name = d.find((x) => /lower-case/.test(x.message))!;
+  const name = d.find((x) => /lower-case/.test(String(x.message)))!;
   assert.equal(name.range.start.line, 1);
-  const mem = d.find((x) => />= 16/.test(x.message))!;
+  const mem = d.find((x) => />= 16/.test(String(x.message)))!;
   assert.equal(mem.range.start.line, 4);
   const broken = TextDocument.create('file:///x/trenv.json', 'json', 1, '{ "name": ');
-  assert.match(manifestDiagnostics(broken, '/x/trenv.json')[0].message, /not valid JSON/);
+  assert.match(manifestDiagnostics(broken, '/x/trenv.json')[0].message as string, /not valid JSON/);
   const missingFn = TextDocument.create('file://' + path.join(dir, 'trenv.json'), 'json', 1, JSON.stringify({ name: 'a', runtime: 'python', handler: 'main.py:nope' }));
-  assert.match(manifestDiagnostics(missingFn, path.join(dir, 'trenv.json'))[0].message, /function "nope" not found/);
+  assert.match(manifestDiagnostics(missingFn, path.join(dir, 'trenv.json'))[0].message as string, /function "nope" not found/);
 });
 
 test('hover shows the schema description of a manifest field', () => {
