@@ -56,11 +56,20 @@ if [ ! -s "$RG_TGZ" ]; then
   rm -rf "$work"
 fi
 
-# ---- code-server (npm 11 may skip dependencies' install scripts unless approved; allow them,
-# then check and run the postinstall ourselves if it did not run)
+# ---- code-server. npm 11 refuses --allow-scripts in a project install and may skip unreviewed
+# install scripts, so the tools folder gets its own package.json approving code-server's; we
+# still check afterwards and run the postinstall ourselves if it was skipped.
 log "installing code-server@$CODE_SERVER_VERSION into $TOOLS (takes a few minutes the first time)"
 mkdir -p "$TOOLS"
-npm_config_yes=true npm_config_nodedir=/usr npm_config_allow_scripts=true \
+cat > "$TOOLS/package.json" <<'JSON'
+{
+  "name": "trenv-editor-tools",
+  "private": true,
+  "description": "code-server for trenv's real-editor tests (installed by scripts/setup-editor.sh)",
+  "allowScripts": { "code-server": true, "argon2": true, "@vscode/ripgrep": true }
+}
+JSON
+npm_config_yes=true npm_config_nodedir=/usr \
   npm install --unsafe-perm --no-audit --no-fund --loglevel=error \
   "code-server@$CODE_SERVER_VERSION" --prefix "$TOOLS"
 

@@ -48,6 +48,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -415,6 +416,8 @@ enum {
 	M_RESET_DONE, /* init->host: ts = kill, rw spans */
 	M_APP,        /* host->init: fd = detached app tree from open_tree() */
 	M_APP_DONE,   /* init->host */
+	M_KILLALL,    /* host->init: kill everything but init and reap (a spawned run ended) */
+	M_KILLED,     /* init->host: reply to M_KILLALL (asynchronous) */
 };
 
 struct imsg {
@@ -1059,6 +1062,10 @@ static void init_main(int sock, const struct create_cfg *cfg)
 			case M_KILL:
 				kill(-1, SIGKILL); /* init_reap() collects them and reports EXIT */
 				break;
+			case M_KILLALL:
+				init_killall();
+				imsg_send(in.sock, M_KILLED, 0, NULL, 0, NULL, 0, NULL, 0);
+				break;
 			case M_RESET:
 				init_handle_reset(&m);
 				break;
@@ -1087,6 +1094,13 @@ struct run {
 	size_t inlen, inoff;
 	bool exited; /* init reported EXIT (or init died) */
 	int status;
+	/* `spawn` (zygote) runs; for `run`, started is true from the start and zfd is -1. */
+	bool started;         /* `started` was emitted; output pipes are polled only after it */
+	int zfd;              /* connection to the zygote's C1 (-1 once closed) */
+	bool kill_pending;    /* `kill` arrived before `started`: send M_KILL when it comes */
+	bool killall_pending; /* M_KILLALL sent, waiting for M_KILLED */
+	char zstatus[40];     /* status text reported by C1 (or "lost"); wins over status */
+	char *err;            /* spawn failed before start: emit `error` (not `exit`) with this */
 };
 
 struct sandbox {
@@ -1099,6 +1113,8 @@ struct sandbox {
 	bool died; /* init died on its own: send `died` after the run's `exit` */
 	int died_status;
 	bool gone; /* removed from the table; freed at the end of the loop iteration */
+	char **cg; /* the cgroup.procs paths given at create (spawn passes them to the zygote) */
+	int ncg;
 };
 
 static struct sandbox **sbs;
@@ -1135,7 +1151,9 @@ static void run_free(struct run *r)
 		return;
 	for (int i = 0; i < 4; i++)
 		xclose(&r->fd[i]);
+	xclose(&r->zfd);
 	free(r->inbuf);
+	free(r->err);
 	free(r->id);
 	free(r);
 }
@@ -1175,6 +1193,9 @@ static void sb_remove(struct sandbox *sb)
 static void graveyard_sweep(void)
 {
 	for (size_t i = 0; i < ngrave; i++) {
+		for (int j = 0; j < graveyard[i]->ncg; j++)
+			free(graveyard[i]->cg[j]);
+		free(graveyard[i]->cg);
 		free(graveyard[i]->name);
 		free(graveyard[i]);
 	}
@@ -1185,16 +1206,29 @@ static void graveyard_sweep(void)
 static void run_maybe_finish(struct sandbox *sb)
 {
 	struct run *r = sb->run;
+	if (r && r->exited && !r->started)
+		for (int k = 0; k < 4; k++)
+			xclose(&r->fd[k]); /* never started: its output is not reported */
 	if (!r || !r->exited || r->fd[FD_OUT] >= 0 || r->fd[FD_ERR] >= 0 || r->fd[FD_CHAN] >= 0)
 		return;
 	char st[64];
-	fmt_status(st, sizeof st, r->status);
-	ob_begin("exit");
-	ob_str(sb->name);
-	ob_str(r->id);
-	ob_str(st);
-	ob_u64(mono_ns());
-	ob_send();
+	if (!r->started) {
+		/* A spawn that never started (zygote error, or the sandbox went away first):
+		 * `error`, never `exit`. */
+		emit_error(sb->name, r->id, "%s",
+			   r->err ? r->err : "the sandbox went away before the instance started");
+	} else {
+		if (r->zstatus[0])
+			snprintf(st, sizeof st, "%s", r->zstatus);
+		else
+			fmt_status(st, sizeof st, r->status);
+		ob_begin("exit");
+		ob_str(sb->name);
+		ob_str(r->id);
+		ob_str(st);
+		ob_u64(mono_ns());
+		ob_send();
+	}
 	run_free(r);
 	sb->run = NULL;
 	if (sb->died) {
@@ -1254,6 +1288,15 @@ static void sb_handle_async(struct sandbox *sb, struct rmsg *m)
 		sb->run->exited = true;
 		sb->run->status = m->h.val;
 		run_maybe_finish(sb);
+	} else if (m->h.type == M_KILLED) {
+		/* A spawned run's instance ended and init has killed and reaped everything else:
+		 * the run is over once its pipes are drained. */
+		struct run *r = sb->run;
+		if (r && r->killall_pending) {
+			r->killall_pending = false;
+			r->exited = true;
+			run_maybe_finish(sb);
+		}
 	} else {
 		logmsg("sandbox %s: unexpected message %u from init", sb->name, m->h.type);
 	}
@@ -1271,6 +1314,85 @@ static void sb_ctl_readable(struct sandbox *sb)
 	}
 	sb_handle_async(sb, &m);
 	rmsg_free(&m);
+}
+
+/* ---- spawn (zygote) runs ---- */
+
+/* The instance ended (or the zygote connection was lost, or it failed to start): have init
+ * kill and reap everything else in the sandbox, then finish like `run` (see M_KILLED). */
+static void spawn_end(struct sandbox *sb)
+{
+	struct run *r = sb->run;
+	xclose(&r->zfd);
+	if (!r->started) {
+		/* Nothing will be reported for these pipes: drop them now. */
+		for (int k = 0; k < 4; k++)
+			xclose(&r->fd[k]);
+	}
+	if (sb->ctl >= 0 && imsg_send(sb->ctl, M_KILLALL, 0, NULL, 0, NULL, 0, NULL, 0) == 0) {
+		r->killall_pending = true;
+		return;
+	}
+	/* init is gone: everything in the sandbox died with it. */
+	r->exited = true;
+	run_maybe_finish(sb);
+}
+
+/* One reply from the zygote's C1: `started`, `exit` or `error` (fields separated by NUL). */
+static void spawn_zyg_readable(struct sandbox *sb)
+{
+	struct run *r = sb->run;
+	char buf[4096];
+	ssize_t n = recv(r->zfd, buf, sizeof buf - 1, MSG_DONTWAIT);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		if (n < 0)
+			logmsg("run %s/%s: zygote connection: %s", sb->name, r->id, strerror(errno));
+		if (r->started)
+			snprintf(r->zstatus, sizeof r->zstatus, "lost");
+		else
+			r->err = xstrdup("the zygote closed the connection before the instance started");
+		spawn_end(sb);
+		return;
+	}
+	buf[n] = 0;
+	/* Split on NUL: up to 4 fields (the last may not contain NUL, which is fine: C1's
+	 * messages are text). */
+	const char *fld[4] = {buf, "", "", ""};
+	int nf = 1;
+	for (char *p = buf; nf < 4 && (p = memchr(p, 0, (size_t)(buf + n - p))) != NULL;) {
+		p++;
+		fld[nf++] = p;
+		if (p >= buf + n)
+			break;
+	}
+	if (!strcmp(fld[0], "started") && !r->started && nf >= 4) {
+		r->started = true;
+		ob_begin("started");
+		ob_str(sb->name);
+		ob_str(r->id);
+		ob_str(fld[1]); /* pid in the sandbox */
+		ob_str(fld[3]); /* mono ns (C1 saw the instance's setup succeed) */
+		ob_str(fld[2]); /* host pid (spawn only: for metrics, smaps_rollup) */
+		ob_send();
+		if (r->kill_pending && sb->ctl >= 0)
+			imsg_send(sb->ctl, M_KILL, 0, NULL, 0, NULL, 0, NULL, 0);
+	} else if (!strcmp(fld[0], "exit") && r->started && nf >= 2) {
+		snprintf(r->zstatus, sizeof r->zstatus, "%s", fld[1]);
+		spawn_end(sb);
+	} else if (!strcmp(fld[0], "error") && !r->started) {
+		r->err = xstrdup(nf >= 2 ? fld[1] : "zygote error");
+		spawn_end(sb);
+	} else {
+		logmsg("run %s/%s: unexpected zygote reply '%.40s'; treating the run as lost",
+		       sb->name, r->id, fld[0]);
+		if (r->started)
+			snprintf(r->zstatus, sizeof r->zstatus, "lost");
+		else
+			r->err = xstrdup("unexpected reply from the zygote");
+		spawn_end(sb);
+	}
 }
 
 /*
@@ -1304,7 +1426,7 @@ static int sb_wait_reply(struct sandbox *sb, struct rmsg *m, char *errmsg, size_
 			snprintf(errmsg, errlen, "sandbox init died");
 			return 0;
 		}
-		if (m->h.type == M_EXIT) {
+		if (m->h.type == M_EXIT || m->h.type == M_KILLED) {
 			sb_handle_async(sb, m);
 			rmsg_free(m);
 			continue;
@@ -1603,6 +1725,10 @@ static void cmd_create(struct field *f, size_t nf)
 			its[3] = t;
 	}
 	xclose(&ready_fd);
+	sb->cg = xmalloc(((size_t)ncg + 1) * sizeof *sb->cg);
+	for (int i = 0; i < ncg; i++)
+		sb->cg[i] = xstrdup(cgroups[i]);
+	sb->ncg = ncg;
 	sb_add(sb);
 	ob_begin("created");
 	ob_str(name);
@@ -1708,6 +1834,8 @@ static void cmd_run(struct field *f, size_t nf)
 	for (int i = 0; i < 4; i++)
 		r->fd[i] = -1;
 	r->id = xstrdup(rid);
+	r->zfd = -1;
+	r->started = true; /* `started` is emitted below, before the pipes are polled */
 	int child[5], pp[2];
 	char err[1024];
 	for (int i = 0; i < 4; i++) {
@@ -1775,6 +1903,169 @@ fail:
 	emit_error(name, rid, "%s", err);
 }
 
+/*
+ * spawn <sbx> <run> zygote=<socket> env=... cwd= uid= gid= stdin=<bytes>
+ * Like `run`, but the process is a fork of the Python zygote (runtimes/python/trenv_zygote.py)
+ * that joins this sandbox. Asynchronous: the replies come from the zygote connection, which
+ * the event loop polls (spawn_zyg_readable).
+ */
+static void cmd_spawn(struct field *f, size_t nf)
+{
+	if (nf < 3 || !valid_name(&f[1]) || !valid_name(&f[2])) {
+		emit_error(NULL, NULL, "spawn: missing or invalid sandbox/run id");
+		return;
+	}
+	const char *name = f[1].p, *rid = f[2].p;
+	struct sandbox *sb = sb_find(name);
+	if (!sb) {
+		emit_error(name, rid, "no such sandbox");
+		return;
+	}
+	if (sb->run) {
+		emit_error(name, rid, "a run is already active in this sandbox");
+		return;
+	}
+	if (sb->ctl < 0 || sb->init <= 0) {
+		emit_error(name, rid, "sandbox init is gone");
+		return;
+	}
+	const char *zygote = NULL, *cwd = "/", *uid = NULL, *gid = NULL;
+	const uint8_t *in_bytes = NULL;
+	size_t in_len = 0;
+	for (size_t i = 3; i < nf; i++) {
+		char key[16];
+		const char *v;
+		if (f[i].len >= 6 && memcmp(f[i].p, "stdin=", 6) == 0) {
+			in_bytes = (const uint8_t *)f[i].p + 6;
+			in_len = f[i].len - 6;
+			continue;
+		}
+		if (!field_is_str(&f[i]) || !opt_split(&f[i], key, sizeof key, &v)) {
+			emit_error(name, rid, "bad option field");
+			return;
+		}
+		uint64_t u;
+		if (!strcmp(key, "env"))
+			continue; /* copied into the request below */
+		else if (!strcmp(key, "zygote"))
+			zygote = v;
+		else if (!strcmp(key, "cwd"))
+			cwd = v;
+		else if (!strcmp(key, "uid") || !strcmp(key, "gid")) {
+			if (!parse_u64(v, &u) || u >= UINT32_MAX) {
+				emit_error(name, rid, "bad %s", key);
+				return;
+			}
+			*(key[0] == 'u' ? &uid : &gid) = v;
+		} else {
+			emit_error(name, rid, "unknown option %s", key);
+			return;
+		}
+	}
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (!zygote || !uid || !gid || cwd[0] != '/') {
+		emit_error(name, rid, "zygote=, uid= and gid= are required; cwd must be absolute");
+		return;
+	}
+	if (zygote[0] != '/' || strlen(zygote) >= sizeof sa.sun_path) {
+		emit_error(name, rid, "zygote= must be an absolute socket path shorter than %zu",
+			   sizeof sa.sun_path);
+		return;
+	}
+	strcpy(sa.sun_path, zygote);
+
+	/* The request: spawn, initpid=, cgroup=..., uid=, gid=, cwd=, env=... (NUL-separated). */
+	size_t cap = 256 + (size_t)sb->ncg * PATH_MAX, len = 0;
+	for (size_t i = 3; i < nf; i++)
+		if (!strncmp(f[i].p, "env=", 4) && field_is_str(&f[i]))
+			cap += f[i].len + 1;
+	char *req = xmalloc(cap);
+	len += (size_t)snprintf(req + len, cap - len, "spawn%cinitpid=%d", 0, (int)sb->init);
+	for (int i = 0; i < sb->ncg; i++)
+		len += (size_t)snprintf(req + len, cap - len, "%ccgroup=%s", 0, sb->cg[i]);
+	len += (size_t)snprintf(req + len, cap - len, "%cuid=%s%cgid=%s", 0, uid, 0, gid);
+	req[len++] = 0;
+	len += (size_t)snprintf(req + len, cap - len, "cwd=%s", cwd);
+	for (size_t i = 3; i < nf; i++)
+		if (!strncmp(f[i].p, "env=", 4) && field_is_str(&f[i])) {
+			req[len++] = 0;
+			memcpy(req + len, f[i].p, f[i].len);
+			len += f[i].len;
+		}
+
+	struct run *r = calloc(1, sizeof *r);
+	if (!r)
+		exit(3);
+	for (int i = 0; i < 4; i++)
+		r->fd[i] = -1;
+	r->zfd = -1;
+	r->id = xstrdup(rid);
+	int child[4], pp[2];
+	char err[1024];
+	for (int i = 0; i < 4; i++) {
+		if (pipe2(pp, O_CLOEXEC) < 0) {
+			snprintf(err, sizeof err, "pipe: %s", strerror(errno));
+			for (int j = 0; j < i; j++)
+				close(child[j]);
+			goto fail;
+		}
+		child[i] = i == FD_IN ? pp[0] : pp[1];
+		r->fd[i] = i == FD_IN ? pp[1] : pp[0];
+	}
+	/* Non-blocking throughout: a stuck or dead zygote must never stall the event loop. */
+	r->zfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int sr = -1, se = 0;
+	const char *what = "socket";
+	if (r->zfd >= 0) {
+		what = "connect to zygote";
+		sr = connect(r->zfd, (struct sockaddr *)&sa, sizeof sa);
+		if (sr == 0) {
+			what = "send to zygote";
+			struct iovec iov = {req, len};
+			union {
+				char buf[CMSG_SPACE(sizeof(int) * 4)];
+				struct cmsghdr align;
+			} cm;
+			memset(&cm, 0, sizeof cm);
+			struct msghdr mh = {.msg_iov = &iov,
+					    .msg_iovlen = 1,
+					    .msg_control = cm.buf,
+					    .msg_controllen = sizeof cm.buf};
+			struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(sizeof(int) * 4);
+			memcpy(CMSG_DATA(c), child, sizeof child);
+			do
+				sr = (int)sendmsg(r->zfd, &mh, MSG_NOSIGNAL);
+			while (sr < 0 && errno == EINTR);
+		}
+	}
+	se = errno;
+	for (int i = 0; i < 4; i++)
+		close(child[i]); /* the zygote's C1 has its own copies now */
+	if (sr < 0) {
+		snprintf(err, sizeof err, "%s %s: %s", what, zygote,
+			 se == EAGAIN ? "busy (try again)" : strerror(se));
+		goto fail;
+	}
+	free(req);
+	set_nonblock(r->fd[FD_IN]);
+	if (in_len) {
+		r->inbuf = xmalloc(in_len);
+		memcpy(r->inbuf, in_bytes, in_len);
+		r->inlen = in_len;
+	} else {
+		xclose(&r->fd[FD_IN]);
+	}
+	sb->run = r;
+	return;
+fail:
+	free(req);
+	run_free(r);
+	emit_error(name, rid, "%s", err);
+}
+
 static void cmd_kill(struct field *f, size_t nf)
 {
 	if (nf != 3 || !valid_name(&f[1]) || !valid_name(&f[2])) {
@@ -1791,6 +2082,10 @@ static void cmd_kill(struct field *f, size_t nf)
 		logmsg("kill %s %s: not the active run (%s); ignored", f[1].p, f[2].p, sb->run->id);
 		return;
 	}
+	/* A spawned instance joins the sandbox's pid namespace only when the zygote's C1
+	 * forks it; a kill before `started` could miss it, so it is repeated at `started`. */
+	if (sb->run && !sb->run->started)
+		sb->run->kill_pending = true;
 	if (sb->ctl >= 0 && imsg_send(sb->ctl, M_KILL, 0, NULL, 0, NULL, 0, NULL, 0) < 0)
 		emit_error(f[1].p, f[2].p, "send to init: %s", strerror(errno));
 }
@@ -1980,7 +2275,7 @@ static void cmd_destroy(struct field *f, size_t nf)
 		}
 		xclose(&r->fd[FD_IN]);
 		for (int k = FD_OUT; k <= FD_CHAN; k++) {
-			while (sb->run && r->fd[k] >= 0) {
+			while (sb->run && r->started && r->fd[k] >= 0) {
 				struct pollfd pf = {.fd = r->fd[k], .events = POLLIN};
 				if (poll(&pf, 1, 1000) <= 0) {
 					xclose(&r->fd[k]);
@@ -2021,6 +2316,9 @@ static void handle_frame(uint8_t *frame, size_t len)
 	} else if (cmdlen == 3 && !memcmp(cmd, "run", 3)) {
 		nf = split_fields(body, len, 0, "stdin=", 3, &f);
 		cmd_run(f, nf);
+	} else if (cmdlen == 5 && !memcmp(cmd, "spawn", 5)) {
+		nf = split_fields(body, len, 0, "stdin=", 3, &f);
+		cmd_spawn(f, nf);
 	} else if (cmdlen == 4 && !memcmp(cmd, "kill", 4)) {
 		nf = split_fields(body, len, 3, NULL, 0, &f);
 		cmd_kill(f, nf);
@@ -2157,7 +2455,7 @@ static void reap_children(void)
 	}
 }
 
-enum { PK_CTL, PK_PIPE };
+enum { PK_CTL, PK_PIPE, PK_ZYG };
 struct pref {
 	struct sandbox *sb;
 	struct run *run;
@@ -2186,7 +2484,7 @@ int main(void)
 	struct pref *pr = NULL;
 	size_t pcap = 0;
 	while (stdin_open) {
-		size_t need = 2 + nsbs * 5, n = 0;
+		size_t need = 2 + nsbs * 6, n = 0;
 		if (need > pcap) {
 			pcap = need * 2;
 			pfd = xrealloc(pfd, pcap * sizeof *pfd);
@@ -2199,8 +2497,14 @@ int main(void)
 				pr[n++] = (struct pref){sb, NULL, PK_CTL, 0, sb->ctl};
 			}
 			struct run *r = sb->run;
+			if (r && r->zfd >= 0) {
+				pfd[n] = (struct pollfd){.fd = r->zfd, .events = POLLIN};
+				pr[n++] = (struct pref){sb, r, PK_ZYG, 0, r->zfd};
+			}
 			for (int k = 0; r && k < 4; k++) {
-				if (r->fd[k] < 0)
+				/* Output only after `started` (a spawned instance may write before
+				 * its C1's `started` message is read). */
+				if (r->fd[k] < 0 || (k != FD_IN && !r->started))
 					continue;
 				pfd[n] = (struct pollfd){.fd = r->fd[k],
 							 .events = k == FD_IN ? POLLOUT : POLLIN};
@@ -2232,6 +2536,11 @@ int main(void)
 				continue;
 			}
 			/* The run may have finished (and been freed) earlier in this pass. */
+			if (p->kind == PK_ZYG) {
+				if (p->sb->run == p->run && p->run->zfd == p->fd)
+					spawn_zyg_readable(p->sb);
+				continue;
+			}
 			if (p->sb->run != p->run || p->run->fd[p->k] != p->fd)
 				continue;
 			if (p->k == FD_IN) {

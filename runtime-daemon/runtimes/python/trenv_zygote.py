@@ -51,8 +51,7 @@ _T0 = time.monotonic()
 
 # ---- system Python only (before any other import) ----------------------------------------
 SYSTEM_PREFIXES = ("/usr/lib/python3/", "/usr/lib/python3.")
-_STDLIB = [p for p in sys.path if os.path.realpath(p).startswith(SYSTEM_PREFIXES) or
-           os.path.realpath(p).startswith("/usr/lib/python3")]
+_STDLIB = [p for p in sys.path if os.path.realpath(p).startswith("/usr/lib/python3")]
 SYSTEM_PATH = _STDLIB + ["/usr/lib/python3/dist-packages"]
 sys.path[:] = SYSTEM_PATH
 sys.dont_write_bytecode = True
