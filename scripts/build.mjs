@@ -5,8 +5,8 @@ import * as fs from 'node:fs';
 const watch = process.argv.includes('--watch');
 const common = { bundle: true, platform: 'node', mainFields: ['module', 'main'], target: 'node20', format: 'cjs', sourcemap: true, logLevel: 'warning' };
 const entries = [
-  { entryPoints: ['runtime-daemon/daemon/main.ts'], outfile: 'dist/trenvd.js' },
-  { entryPoints: ['runtime-daemon/cli/main.ts'], outfile: 'dist/trenv.js' },
+  { entryPoints: ['runtime-daemon/daemon/main.ts'], outfile: 'dist/trenvd.js', external: ['node-pty'] },
+  { entryPoints: ['runtime-daemon/cli/main.ts'], outfile: 'dist/trenv.js', external: ['node-pty'] },
 ];
 if (fs.existsSync('extension/extension.ts')) {
   entries.push({ entryPoints: ['extension/extension.ts'], outfile: 'dist/extension.js', external: ['vscode'] });

@@ -25,6 +25,7 @@ import { ContainerDriver } from '../sandbox/container';
 import { DEFAULT_POOL, SandboxPool } from '../sandbox/pool';
 import { ClientConnection, DaemonServer, paramsError } from '../server/server';
 import { Invoker } from './invoker';
+import { serveTerminal } from '../server/terminal';
 import { TemplateManager } from '../template/templates';
 import { loadAgent } from '../manifest/manifest';
 import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
@@ -54,6 +55,7 @@ export class Daemon {
   private pool!: SandboxPool;
   private invoker!: Invoker;
   private templates!: TemplateManager;
+  private nativeDir = '';
   private server!: DaemonServer;
   private readonly subs = new Map<ClientConnection, Subscription[]>();
   private port = 0;
@@ -79,8 +81,9 @@ export class Daemon {
       if (lost.length) this.log(`marked ${lost.length} invocation(s) of a previous daemon as daemon-lost`);
 
       const root = packageRoot();
+      this.nativeDir = path.join(root, 'runtime-daemon/native/build');
       this.driver = new ContainerDriver({
-        sandboxdPath: process.env.TRENV_SANDBOXD || path.join(root, 'runtime-daemon/native/build/trenv-sandboxd'),
+        sandboxdPath: process.env.TRENV_SANDBOXD || path.join(this.nativeDir, 'trenv-sandboxd'),
         stateRoot: this.paths.root,
         rootfsDir: this.paths.rootfs,
         mntDir: this.paths.mnt,
@@ -119,6 +122,10 @@ export class Daemon {
         port: this.o.port,
         token,
         log: this.log,
+        streams: {
+          '/terminal': (ws, req) =>
+            void serveTerminal(ws, req, { pool: this.pool, enterPath: path.join(this.nativeDir, 'trenv-enter'), log: this.log }),
+        },
         onConnection: (c) => this.register(c),
         onClose: (c) => this.subs.delete(c),
       });

@@ -23,6 +23,8 @@ export interface ClientConnection {
 export interface ServerOptions {
   port: number;
   token: string;
+  /** binary-stream endpoints other than the RPC socket, by URL path (e.g. /terminal) */
+  streams?: Record<string, (ws: WebSocket, req: http.IncomingMessage) => void>;
   onConnection(c: ClientConnection): void;
   onClose(c: ClientConnection): void;
   log(msg: string): void;
@@ -71,7 +73,14 @@ export class DaemonServer {
         socket.destroy();
         return;
       }
-      this.wss!.handleUpgrade(req, socket, head, (ws) => this.accept(ws));
+      const pathname = new URL(req.url ?? '/', 'http://127.0.0.1').pathname;
+      const stream = this.o.streams?.[pathname];
+      if (pathname !== '/' && !stream) {
+        socket.write('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+        socket.destroy();
+        return;
+      }
+      this.wss!.handleUpgrade(req, socket, head, (ws) => (stream ? stream(ws, req) : this.accept(ws)));
     });
     await new Promise<void>((resolve, reject) => {
       this.http!.once('error', reject);
