@@ -108,7 +108,8 @@ export class Daemon {
 
       this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'));
       this.templates.log = this.log;
-      this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates);
+      this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'));
+      this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => void c.rpc.sendNotification(Notifications.debugReady, r)));
       this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => void c.rpc.sendNotification(Notifications.log, l)));
       this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => void c.rpc.sendNotification(Notifications.span, s)));
       this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => void c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));

@@ -5,6 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type {
+  DebugReady,
   InvocationError,
   InvocationRecord,
   InvocationState,
@@ -14,6 +15,7 @@ import type {
   SandboxStateSummary,
   TraceSpan,
 } from '../protocol/messages';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoadedAgent, loadAgent, ManifestError } from '../manifest/manifest';
@@ -30,6 +32,33 @@ const RUNTIMES: Record<string, string[]> = {
   node: ['/usr/bin/node', '/opt/trenv/runtimes/node/trenv-shim.js'],
 };
 
+const DEBUG_PORTS: Record<string, number> = { python: 5678, node: 9229 };
+const DEBUG_TIMEOUT_MS = 10 * 60_000;
+
+/** The runtime started under its debugger, listening on the sandbox's own loopback. */
+function debugArgv(runtime: string, port: number): string[] {
+  if (runtime === 'python') {
+    return ['/usr/bin/python3', '-B', '-m', 'debugpy', '--listen', `127.0.0.1:${port}`, '--wait-for-client', '/opt/trenv/runtimes/python/trenv_shim.py'];
+  }
+  return ['/usr/bin/node', `--inspect-brk=127.0.0.1:${port}`, '/opt/trenv/runtimes/node/trenv-shim.js'];
+}
+
+/** True when something listens on 127.0.0.1:port in the network namespace of `pid`. */
+export function listensInside(pid: number, port: number): boolean {
+  try {
+    const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+    return fs
+      .readFileSync(`/proc/${pid}/net/tcp`, 'utf8')
+      .split('\n')
+      .some((l) => {
+        const f = l.trim().split(/\s+/);
+        return f[1]?.endsWith(hex) && f[3] === '0A';
+      });
+  } catch {
+    return false;
+  }
+}
+
 const MAX_LOG_BYTES = 8 * 1024 * 1024; // per invocation; beyond it lines are dropped with a note
 const MAX_LINE = 64 * 1024;
 const MAX_CHAN_LINE = 16 * 1024 * 1024;
@@ -41,6 +70,7 @@ export interface InvokerEvents {
   span: (s: TraceSpan) => void;
   memory: (id: string, s: MemorySample) => void;
   invocation: (r: InvocationRecord) => void;
+  debugReady: (d: DebugReady) => void;
 }
 
 export declare interface Invoker {
@@ -105,12 +135,48 @@ export class Invoker extends EventEmitter {
     private readonly pool: SandboxPool,
     private readonly driver: ContainerDriver,
     private readonly templates?: TemplateManager,
+    private readonly enterPath = '',
   ) {
     super();
   }
 
   private epochOf(ns: bigint): number {
     return this.epochBase + Number(ns - this.monoBase) / 1e6;
+  }
+
+  /**
+   * Bridges the debugger's port inside the sandbox (no network there) to a host loopback port,
+   * once the debugger listens, and announces it (`debugReady`) so the editor can attach.
+   */
+  private openDebugRelay(id: string, agentDir: string, runtime: string, sb: ContainerSandbox, port: number, warn: (m: string) => void): { kill(): void } {
+    let child: ChildProcess | undefined;
+    let stopped = false;
+    const until = Date.now() + 20_000;
+    const poll = setInterval(() => {
+      if (stopped) return clearInterval(poll);
+      if (!listensInside(sb.initPid, port)) {
+        if (Date.now() > until) {
+          clearInterval(poll);
+          warn(`the debugger did not start listening on port ${port} within 20 s`);
+        }
+        return;
+      }
+      clearInterval(poll);
+      child = spawn(this.enterPath, ['relay', String(sb.initPid), String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      child.stdout!.once('data', (d: Buffer) => {
+        const m = /port (\d+)/.exec(d.toString());
+        if (m) this.emit('debugReady', { invocationId: id, agentDir, runtime, port: Number(m[1]), remoteRoot: '/app' });
+      });
+      child.on('error', (e) => warn(`debug relay: ${e.message}`));
+    }, 50);
+    return {
+      kill: () => {
+        stopped = true;
+        clearInterval(poll);
+        child?.stdin?.end();
+        child?.kill('SIGKILL');
+      },
+    };
   }
 
   runningCount(): number {
@@ -137,7 +203,9 @@ export class Invoker extends EventEmitter {
     if (params.sandbox === 'vm' || m.sandbox === 'vm') {
       throw new Error('microVM sandboxes are not available yet in this version: run it in a container (drop --vm / "sandbox": "vm")');
     }
-    const runtime = RUNTIMES[m.runtime];
+    const debugPort = params.debug ? DEBUG_PORTS[m.runtime] : undefined;
+    const runtime = debugPort ? debugArgv(m.runtime, debugPort) : RUNTIMES[m.runtime];
+    const timeoutMs = debugPort ? Math.max(m.limits.timeoutMs, DEBUG_TIMEOUT_MS) : m.limits.timeoutMs;
     const id = newInvocationId();
     const record: InvocationRecord = {
       id,
@@ -226,7 +294,7 @@ export class Invoker extends EventEmitter {
 
     // ---- the memory template, if the agent has one (rebuilt here when stale)
     let zygoteSocket: string | undefined;
-    if (this.templates && params.template !== false) {
+    if (this.templates && params.template !== false && !debugPort) {
       const t0 = process.hrtime.bigint();
       try {
         const t = await this.templates.forInvoke(agent, (msg) => log('system', msg, 'info'));
@@ -266,7 +334,7 @@ export class Invoker extends EventEmitter {
     this.emit('invocation', record);
     const runId = `r${++this.runSeq}`;
     active.runId = runId;
-    const deadline = Date.now() + m.limits.timeoutMs;
+    const deadline = Date.now() + timeoutMs;
     const env = [
       'PATH=/usr/local/bin:/usr/bin:/bin',
       `HOME=${SANDBOX_HOME}`,
@@ -288,6 +356,7 @@ export class Invoker extends EventEmitter {
     let tLoaded = 0n;
     let tHandler = 0n;
     let tResult = 0n;
+    let relay: { kill(): void } | undefined;
     // A handler that returned but left threads/handles keeping its process alive is ended after a
     // short grace: the result is what counts.
     let graceTimer: NodeJS.Timeout | undefined;
@@ -353,9 +422,9 @@ export class Invoker extends EventEmitter {
     const exit = await new Promise<{ status: string; ns: bigint } | { error: string }>((resolve) => {
       const timer = setTimeout(() => {
         active.endReason = 'timeout';
-        log('system', `time limit of ${m.limits.timeoutMs} ms reached: killing the handler`, 'error');
+        log('system', `time limit of ${timeoutMs} ms reached: killing the handler`, 'error');
         this.driver.kill(sb!, runId);
-      }, m.limits.timeoutMs);
+      }, timeoutMs);
       const sampler = setInterval(() => {
         const pids = sb!.workerPids();
         if (!pids.length) return;
@@ -365,6 +434,7 @@ export class Invoker extends EventEmitter {
       }, SAMPLE_MS);
       active.kill = () => this.driver.kill(sb!, runId);
       const done = (v: { status: string; ns: bigint } | { error: string }) => {
+        relay?.kill();
         clearTimeout(timer);
         clearTimeout(graceTimer);
         clearInterval(sampler);
@@ -377,6 +447,10 @@ export class Invoker extends EventEmitter {
               tStarted = ns;
               if (zygoteSocket) span('template.attach', tRunSent, ns, { how: 'fork from zygote, join sandbox namespaces + cgroup, drop privileges', template: record.template ?? '' });
               else span('process.start', tRunSent, ns, { argv0: runtime[0] });
+              if (debugPort) {
+                log('system', `waiting for a debugger: ${m.runtime === 'python' ? 'debugpy' : 'the Node inspector'} listens on port ${debugPort} inside the sandbox`, 'info');
+                relay = this.openDebugRelay(id, agent.dir, m.runtime, sb!, debugPort, (msg) => log('system', msg, 'warn'));
+              }
             },
             onData: (stream, ns, data) => {
               const t = this.epochOf(ns);
@@ -422,7 +496,7 @@ export class Invoker extends EventEmitter {
       reuse = false;
     } else if (active.endReason === 'timeout') {
       state = 'timeout';
-      error = { type: 'Timeout', message: `the handler ran longer than its limit of ${m.limits.timeoutMs} ms and was killed`, phase: 'limit' };
+      error = { type: 'Timeout', message: `the handler ran longer than its limit of ${timeoutMs} ms and was killed`, phase: 'limit' };
     } else if (active.endReason === 'killed') {
       state = 'killed';
       error = { type: 'Killed', message: 'the invocation was killed on request', phase: 'limit' };

@@ -1357,11 +1357,10 @@ static void spawn_zyg_readable(struct sandbox *sb)
 		return;
 	}
 	buf[n] = 0;
-	/* Split on NUL: up to 4 fields (the last may not contain NUL, which is fine: C1's
-	 * messages are text). */
-	const char *fld[4] = {buf, "", "", ""};
+	/* Split on NUL (C1's messages are text fields). */
+	const char *fld[5] = {buf, "", "", "", ""};
 	int nf = 1;
-	for (char *p = buf; nf < 4 && (p = memchr(p, 0, (size_t)(buf + n - p))) != NULL;) {
+	for (char *p = buf; nf < 5 && (p = memchr(p, 0, (size_t)(buf + n - p))) != NULL;) {
 		p++;
 		fld[nf++] = p;
 		if (p >= buf + n)
@@ -1375,6 +1374,7 @@ static void spawn_zyg_readable(struct sandbox *sb)
 		ob_str(fld[1]); /* pid in the sandbox */
 		ob_str(fld[3]); /* mono ns (C1 saw the instance's setup succeed) */
 		ob_str(fld[2]); /* host pid (spawn only: for metrics, smaps_rollup) */
+		ob_str(nf >= 5 ? fld[4] : "spans="); /* spawn only: where the time went */
 		ob_send();
 		if (r->kill_pending && sb->ctl >= 0)
 			imsg_send(sb->ctl, M_KILL, 0, NULL, 0, NULL, 0, NULL, 0);

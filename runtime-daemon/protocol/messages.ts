@@ -113,6 +113,18 @@ export interface InvokeParams {
   fresh?: boolean;
   /** false: start the runtime cold even when the agent has a template */
   template?: boolean;
+  /** start the handler under its debugger (debugpy / the Node inspector) and announce debugReady */
+  debug?: boolean;
+}
+
+/** A debuggee waits for the editor: attach to 127.0.0.1:port (DAP for python, CDP for node). */
+export interface DebugReady {
+  invocationId: string;
+  agentDir: string;
+  runtime: string;
+  port: number;
+  /** where the agent's code is inside the sandbox, for path mapping */
+  remoteRoot: string;
 }
 
 export interface TemplateInfo {
@@ -213,6 +225,7 @@ export const Notifications = {
   memory: new NotificationType<{ invocationId: string; sample: MemorySample }>('trenv/memory'),
   invocation: new NotificationType<InvocationSummary>('trenv/invocation'),
   sandboxes: new NotificationType<SandboxInfo[]>('trenv/sandboxes'),
+  debugReady: new NotificationType<DebugReady>('trenv/debugReady'),
   /** progress of long work (template builds), for the caller that asked for it */
   progress: new NotificationType<{ what: string; message: string }>('trenv/progress'),
 } as const;

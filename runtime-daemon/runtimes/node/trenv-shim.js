@@ -19,6 +19,16 @@
  *
  * load() and invoke() are kept apart so a long-lived template server can load
  * the module once and invoke it many times.
+ *
+ * Restored clones (CRIU templates): with TRENV_EVENT_ENVELOPE=1 in the environment
+ * the shim was started once, checkpointed after `loaded` and restored many times,
+ * so every clone starts with the same memory: the same Math.random() state, the
+ * same OpenSSL DRBG state (OpenSSL 3.0 only reseeds when getpid() changes, and
+ * CRIU restores the same PID) and the same frozen environment. stdin then carries
+ * an envelope instead of the bare event:
+ *   {"trenv": {"seed": "<hex, >= 16 bytes>", "env": {"TRENV_INVOCATION_ID": "..."}}, "event": <event>}
+ * and before the handler runs the shim applies `env` (TRENV_* keys only) and, if a
+ * seed is given, re-seeds (see reseed()). Without the variable nothing changes.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -202,6 +212,79 @@ async function readEvent(stream) {
   }
 }
 
+/**
+ * Re-seed the process after it was restored from a checkpoint shared with other clones.
+ * `seedHex` comes from the daemon; it is mixed with 32 bytes from the kernel when
+ * /dev/urandom can be read. Then:
+ *  - Math.random: V8 cannot re-seed its generator, so it is replaced by xoshiro128**
+ *    seeded from that entropy (same contract: doubles in [0, 1), not cryptographic);
+ *  - node:crypto (randomBytes, randomUUID, getRandomValues, key generation ...): OpenSSL's
+ *    DRBG state is a copy of the template's and would repeat across clones, and Node has
+ *    no call to re-seed it; we switch OpenSSL's RAND method to the `rdrand` engine (CPU
+ *    hardware RNG, per call) when the CPU and OpenSSL have it, and then drain Node's own
+ *    randomUUID / randomInt caches so they are refilled from the new source.
+ * Returns what was done (reported as a debug log on chan).
+ */
+function reseed(seedHex) {
+  const crypto = require('node:crypto');
+  let seed = Buffer.from(String(seedHex), 'hex');
+  if (seed.length < 16) throw new Error('trenv: re-seed needs at least 16 bytes of seed');
+  let kernel = false;
+  try {
+    const fd = fs.openSync('/dev/urandom', 'r');
+    const k = Buffer.alloc(32);
+    fs.readSync(fd, k, 0, 32, null);
+    fs.closeSync(fd);
+    seed = crypto.createHash('sha256').update(seed).update(k).digest();
+    kernel = true;
+  } catch {
+    seed = crypto.createHash('sha256').update(seed).digest();
+  }
+  // xoshiro128** (Blackman & Vigna); state must not be all zero
+  let a = seed.readUInt32LE(0), b = seed.readUInt32LE(4), c = seed.readUInt32LE(8), d = seed.readUInt32LE(12) | 1;
+  const next = () => {
+    const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+    const t = b << 9;
+    c ^= a; d ^= b; b ^= c; a ^= d; c ^= t; d = rotl(d, 11);
+    return r;
+  };
+  const rotl = (x, k) => (x << k) | (x >>> (32 - k));
+  Object.defineProperty(Math, 'random', {
+    value: function random() {
+      return ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
+    },
+    writable: true,
+    configurable: true,
+    enumerable: false,
+  });
+
+  let openssl = 'unchanged';
+  try {
+    crypto.setEngine('rdrand', crypto.constants.ENGINE_METHOD_RAND);
+    openssl = 'rdrand';
+  } catch {
+    /* no engine support or no RDRAND: crypto stays on the cloned DRBG (reported) */
+  }
+  if (openssl !== 'unchanged') {
+    for (let i = 0; i < 128; i++) crypto.randomUUID(); // passes the batch refill exactly once
+    for (let i = 0; i < 1024; i++) crypto.randomInt(0xffffffffffff); // 6 KiB cache, 6 bytes a call
+  }
+  return { math: 'xoshiro128**', kernel, openssl };
+}
+
+/** Unwrap a restore envelope (see the header): apply env, re-seed, return the event. */
+function openEnvelope(msg, chan) {
+  if (msg === null || typeof msg !== 'object' || typeof msg.trenv !== 'object' || msg.trenv === null) {
+    throw new TypeError('TRENV_EVENT_ENVELOPE is set but stdin is not an envelope {"trenv": {...}, "event": ...}');
+  }
+  const { seed, env } = msg.trenv;
+  for (const [k, v] of Object.entries(env ?? {})) {
+    if (k.startsWith('TRENV_') && k !== 'TRENV_EVENT_ENVELOPE') process.env[k] = String(v);
+  }
+  if (seed !== undefined) chan.send('log', { level: 'debug', msg: 'trenv: re-seeded', fields: reseed(seed) });
+  return msg.event === undefined ? {} : msg.event;
+}
+
 /** One-shot mode: load, read the event, invoke, exit. */
 function runOnce() {
   const chan = openChan();
@@ -237,6 +320,7 @@ function runOnce() {
     let event;
     try {
       event = await readEvent(process.stdin);
+      if (process.env.TRENV_EVENT_ENVELOPE === '1') event = openEnvelope(event, chan);
     } catch (err) {
       return fail(err, EXIT.HANDLER); // not JSON: the handler cannot be called with it
     }
@@ -244,6 +328,6 @@ function runOnce() {
   })();
 }
 
-module.exports = { EXIT, LoadError, openChan, describe, flushStdio, makeContext, contextFromEnv, load, invoke, readEvent };
+module.exports = { EXIT, LoadError, openChan, describe, flushStdio, makeContext, contextFromEnv, load, invoke, readEvent, reseed, openEnvelope };
 
 if (require.main === module) runOnce();

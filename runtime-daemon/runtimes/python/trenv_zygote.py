@@ -34,8 +34,8 @@ chdir("/"), setns pid, forks C2 (PID n in the sandbox's pid namespace). C2 dups 
 and runs the shim's one-shot path (``trenv_shim.run_once()``).
 
 Replies from C1 (one message each, fields separated by NUL):
-``started <ns-pid> <host-pid> <mono_ns>`` (C2 finished its setup and is about to load the
-handler), ``exit exited:<code>|signaled:<sig> <mono_ns>`` (C2 ended), or
+``started <ns-pid> <host-pid> <mono_ns> spans=<name>:<start>:<end>,...`` (C2 finished its
+setup and is about to load the handler; spans: fork, request, cgroup, setns, fork2, setup), ``exit exited:<code>|signaled:<sig> <mono_ns>`` (C2 ended), or
 ``error <message>`` (nothing of the instance runs: failed before or during C2's setup).
 
 The zygote exits on SIGTERM (removing the socket file) and when its stdin reaches EOF
@@ -78,6 +78,7 @@ import threading  # noqa: E402
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 NS_ORDER = ("uts", "ipc", "net", "mnt")  # setns order; pid last (it only affects children)
 MAX_REQUEST = 4 << 20
@@ -255,7 +256,7 @@ def _child2(fds, errfd, req):
     code = 127
     stage = "start"
     try:
-        os.write(errfd, f"P{os.getpid()}\n".encode())
+        os.write(errfd, f"P{os.getpid()} {time.monotonic_ns()}\n".encode())
         stage = "fds"
         hi = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in list(fds) + [errfd]]
         for i in range(4):
@@ -280,6 +281,12 @@ def _child2(fds, errfd, req):
         os.setuid(req["uid"])
         if os.getuid() == 0 or os.geteuid() == 0:
             raise OSError(errno.EPERM, "still root")
+        # setuid() from root made us non-dumpable (execve would reset it, but we do not
+        # exec): /proc/self would stay root-owned, so the instance could not read its own
+        # /proc/self/environ or fds, and no debugger could attach. An exec'd `run` process
+        # is dumpable too; the zygote memory we carry holds no secrets (environment wiped).
+        stage = "dumpable"
+        _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")
         stage = "no_new_privs"
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
         # Parent-death signal: C1 is our parent (outside our pid ns, so getppid() is 0).
@@ -369,6 +376,7 @@ def _status(st):
 
 def _child1(conn):
     """Serve one connection. Returns C1's exit code."""
+    t_fork = time.monotonic_ns()
     cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, peer_uid, _ = struct.unpack("3i", cred)
     if peer_uid != os.geteuid():
@@ -391,11 +399,13 @@ def _child1(conn):
 
     stage = "cgroup"
     nsfds = {}
+    t_cgroup = time.monotonic_ns()
     try:
         mypid = str(os.getpid())
         for path in req["cgroups"]:
             with open(path, "w") as f:
                 f.write(mypid)
+        t_setns = time.monotonic_ns()
         stage = "open namespaces"
         for name in NS_ORDER + ("pid",):
             nsfds[name] = os.open(f"/proc/{req['initpid']}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
@@ -413,6 +423,7 @@ def _child1(conn):
         for fd in nsfds.values():
             os.close(fd)
         nsfds = {}
+        t_fork2 = time.monotonic_ns()
         stage = "pipe"
         rd, wr = os.pipe()
         stage = "fork"
@@ -447,9 +458,16 @@ def _child1(conn):
         why = rest[1:].decode("utf-8", "replace") if rest.startswith(b"E") else f"instance died during setup ({_status(st)})"
         _send(conn, "error", why)
         return 1
-    ns_pid = head[1:].decode()
+    ns_pid, _, t_c2 = head[1:].decode().partition(" ")
+    # Where the time went (for the daemon's restore trace): fork = zygote accept -> C1 runs,
+    # request = read + parse, cgroup = join the cgroups (a v1 migration waits for an RCU grace
+    # period), setns = namespaces + chroot, fork2 = C1 forks C2, setup = C2 joins: fds,
+    # credentials, re-seed, environment, sys.path.
+    spans = (f"spans=fork:{_ACCEPT_NS[0]}:{t_fork},request:{t_fork}:{t_cgroup},"
+             f"cgroup:{t_cgroup}:{t_setns},setns:{t_setns}:{t_fork2},fork2:{t_fork2}:{t_c2},"
+             f"setup:{t_c2}:{t_started}")
     try:
-        _send(conn, "started", ns_pid, str(pid), str(t_started))
+        _send(conn, "started", ns_pid, str(pid), str(t_started), spans)
     except OSError:
         pass  # the client is gone; still wait so the instance is reaped
     _, st = os.waitpid(pid, 0)
@@ -493,6 +511,7 @@ def _start_c1(conn):
 # ---- the zygote itself ------------------------------------------------------------------
 
 _ZYGOTE_SOCKETS = []
+_ACCEPT_NS = [0]  # when the zygote accepted the connection C1 serves (C1 inherits it)
 
 
 def _reap(_signum, _frame):
@@ -608,6 +627,7 @@ def main(argv):
                     except OSError as exc:
                         log(f"accept: {exc}")
                         break
+                    _ACCEPT_NS[0] = time.monotonic_ns()
                     _start_c1(conn)
     finally:
         if os.getpid() == _ZYGOTE_PID:
