@@ -4,6 +4,7 @@
  */
 import * as vscode from 'vscode';
 import { registerCommands } from './commands';
+import { PYTHON_DEBUG_TYPE, TrenvPythonAdapterFactory } from './commands/debug';
 import { Ctx } from './ctx';
 import { Panels } from './panels';
 import { statusBar } from './views/statusBar';
@@ -22,6 +23,7 @@ export async function activate(ext: vscode.ExtensionContext): Promise<{ ctx: Ctx
     vscode.window.registerTreeDataProvider('trenv.sandboxes', sandboxes),
     vscode.window.registerTreeDataProvider('trenv.invocations', new InvocationsTree(ctx)),
     ...registerCommands(ctx, panels),
+    vscode.debug.registerDebugAdapterDescriptorFactory(PYTHON_DEBUG_TYPE, new TrenvPythonAdapterFactory()),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('trenv.stateDir')) void ctx?.restartDaemon();
     }),

@@ -277,5 +277,5 @@ try {
 } finally {
   await cleanup();
 }
-console.log(failures || code ? `\n${failures} check(s) failed` : '\nall checks passed');
+console.log(failures || code ? `\nFAILED: ${failures} check(s) failed${code ? ', and the run stopped on an error' : ''}` : '\nall checks passed');
 process.exit(failures || code ? 1 : 0);

@@ -316,7 +316,7 @@ export interface LaunchOptions {
   cwd: string;
   uid: number;
   gid: number;
-  /** the template's PID in the sandbox will be pidBase + 1 (default 10000) */
+  /** the template's PID in the sandbox will be pidBase (default 10000); its threads take the next ones */
   pidBase?: number;
   /** the shim will read an envelope (re-seed + per-invocation env) instead of a bare event */
   envelope?: boolean;
@@ -355,7 +355,7 @@ export async function launchForCheckpoint(target: CriuTarget, o: LaunchOptions):
   const inner = [
     'nsenter', '-t', String(I), '-m', '-n', '-u', '-i', '-p', `--root=${rootIn}`, `--wd=${rootIn}${o.cwd}`, '--',
     // close every fd above 3 (bash leaves its process-substitution fds open), then exec
-    '/usr/bin/bash', '-c', 'for f in /proc/self/fd/*; do n=${f##*/}; [ "$n" -gt 3 ] && eval "exec $n>&-"; done 2>/dev/null; exec "$@"', 'tmpl',
+    '/usr/bin/bash', '-c', 'for f in /proc/self/fd/*; do n=${f##*/}; [ "$n" -gt 3 ] && eval "exec $n>&-"; done; exec "$@"', 'tmpl',
     '/usr/bin/setsid',
     '/usr/bin/setpriv', `--reuid=${o.uid}`, `--regid=${o.gid}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs',
     '/usr/bin/env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
