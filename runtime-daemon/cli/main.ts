@@ -84,6 +84,12 @@ export async function daemonStart(stateDir: string, port: number | undefined, qu
   if (process.getuid?.() !== 0) throw new Error('the daemon needs root (namespaces, cgroups, mounts): run: sudo trenv daemon start');
   fs.mkdirSync(paths.run, { recursive: true });
   const logFile = path.join(paths.run, 'trenvd.log');
+  try {
+    // keep one previous log, bounded
+    if (fs.statSync(logFile).size > 10 * 1024 * 1024) fs.renameSync(logFile, `${logFile}.1`);
+  } catch {
+    /* no log yet */
+  }
   const fd = fs.openSync(logFile, 'a');
   const trenvd = path.join(packageRoot(), 'dist', 'trenvd.js');
   const child = spawn(process.execPath, [trenvd, '--state-dir', stateDir, ...(port ? ['--port', String(port)] : [])], {

@@ -42,7 +42,11 @@ export function createClientConnection(reader: MessageReader, writer: MessageWri
     },
     exit: () => close(),
   };
-  const conn = createConnection((logger) => createProtocolConnection(reader, writer, logger), watchDog) as unknown as Connection;
+  // The protocol connection logs through a local no-op logger: vscode-languageserver's default is
+  // the remote console, which sends over this very connection — after the peer is gone every send
+  // fails and logs again, in a loop.
+  const quiet = { error: () => undefined, warn: () => undefined, info: () => undefined, log: () => undefined };
+  const conn = createConnection(() => createProtocolConnection(reader, writer, quiet), watchDog) as unknown as Connection;
   return conn;
 }
 

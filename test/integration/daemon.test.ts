@@ -124,5 +124,14 @@ test('CLI: status, invalid manifest, unknown agent, exit codes', () => {
   assert.equal(usage.status, 2);
   const noDaemon = spawnSync(process.execPath, [path.join(ROOT, 'dist/trenv.js'), '--state-dir', '/tmp/trenv-none-' + process.pid, 'ps'], { encoding: 'utf8' });
   assert.equal(noDaemon.status, 3);
+  // clients that come and go leave no trace in the daemon's log (a closed LSP connection once
+  // made vscode-languageserver log "Sending log message failed" in a loop)
+  const before = d.log().length;
+  for (let i = 0; i < 3; i++) cli('daemon', 'status');
+  const t = Date.now();
+  while (Date.now() - t < 300) {
+    /* give a runaway loop time to show */
+  }
+  assert.ok(d.log().length - before < 2000, `daemon log grew by ${d.log().length - before} bytes`);
   assert.match(noDaemon.stderr, /no trenv daemon is running .* sudo trenv daemon start/);
 });

@@ -217,12 +217,17 @@ async function readEvent(stream) {
  * `seedHex` comes from the daemon; it is mixed with 32 bytes from the kernel when
  * /dev/urandom can be read. Then:
  *  - Math.random: V8 cannot re-seed its generator, so it is replaced by xoshiro128**
- *    seeded from that entropy (same contract: doubles in [0, 1), not cryptographic);
- *  - node:crypto (randomBytes, randomUUID, getRandomValues, key generation ...): OpenSSL's
- *    DRBG state is a copy of the template's and would repeat across clones, and Node has
- *    no call to re-seed it; we switch OpenSSL's RAND method to the `rdrand` engine (CPU
- *    hardware RNG, per call) when the CPU and OpenSSL have it, and then drain Node's own
- *    randomUUID / randomInt caches so they are refilled from the new source.
+ *    seeded from that entropy (same contract: doubles in [0, 1), not cryptographic).
+ *  - node:crypto: OpenSSL's DRBG state is a copy of the template's (OpenSSL 3.0 re-seeds on
+ *    a getpid() change, and CRIU restores the same PID) and Node has no call to re-seed it
+ *    (setEngine('rdrand') does not change RAND_bytes once OpenSSL is initialised: tried).
+ *    So the JS random APIs -- crypto.randomBytes, randomFill(Sync), randomUUID, randomInt,
+ *    getRandomValues and globalThis.crypto.getRandomValues/randomUUID -- are wrapped: the
+ *    original still validates arguments, then the bytes are overwritten from a ChaCha20
+ *    keystream keyed with the fresh entropy (a per-clone CSPRNG).
+ *    NOT covered: OpenSSL-internal randomness (key generation, TLS handshake randoms and
+ *    ephemeral keys, DH/ECDH), and references to the functions taken before the checkpoint
+ *    (e.g. `const { randomUUID } = require('crypto')` at module load).
  * Returns what was done (reported as a debug log on chan).
  */
 function reseed(seedHex) {
@@ -240,7 +245,9 @@ function reseed(seedHex) {
   } catch {
     seed = crypto.createHash('sha256').update(seed).digest();
   }
-  // xoshiro128** (Blackman & Vigna); state must not be all zero
+
+  // Math.random: xoshiro128** (Blackman & Vigna); the state must not be all zero
+  const rotl = (x, k) => (x << k) | (x >>> (32 - k));
   let a = seed.readUInt32LE(0), b = seed.readUInt32LE(4), c = seed.readUInt32LE(8), d = seed.readUInt32LE(12) | 1;
   const next = () => {
     const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
@@ -248,28 +255,94 @@ function reseed(seedHex) {
     c ^= a; d ^= b; b ^= c; a ^= d; c ^= t; d = rotl(d, 11);
     return r;
   };
-  const rotl = (x, k) => (x << k) | (x >>> (32 - k));
   Object.defineProperty(Math, 'random', {
     value: function random() {
       return ((next() >>> 5) * 67108864 + (next() >>> 6)) / 9007199254740992;
     },
-    writable: true,
-    configurable: true,
-    enumerable: false,
+    writable: true, configurable: true, enumerable: false,
   });
 
-  let openssl = 'unchanged';
-  try {
-    crypto.setEngine('rdrand', crypto.constants.ENGINE_METHOD_RAND);
-    openssl = 'rdrand';
-  } catch {
-    /* no engine support or no RDRAND: crypto stays on the cloned DRBG (reported) */
+  // node:crypto JS APIs: a per-clone ChaCha20 keystream (the key never leaves this closure)
+  const key = crypto.createHash('sha256').update('trenv-crypto-reseed').update(seed).digest();
+  const stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
+  const fresh = (n) => stream.update(Buffer.alloc(n));
+  const bytesOf = (buf) => (ArrayBuffer.isView(buf) ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : new Uint8Array(buf));
+  const fillRange = (buf, offset, size) => {
+    const el = buf.BYTES_PER_ELEMENT || 1;
+    const all = bytesOf(buf);
+    const from = (offset ?? 0) * el;
+    const len = size === undefined ? all.length - from : size * el;
+    all.set(fresh(len), from);
+    return buf;
+  };
+  const orig = {
+    randomBytes: crypto.randomBytes, randomFillSync: crypto.randomFillSync, randomFill: crypto.randomFill,
+    randomInt: crypto.randomInt, getRandomValues: crypto.getRandomValues,
+  };
+  const uuid = () => {
+    const u = fresh(16);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    const h = u.toString('hex');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  };
+  const wrapped = {
+    randomBytes(size, cb) {
+      if (typeof cb !== 'function') return fillRange(orig.randomBytes(size));
+      return orig.randomBytes(size, (err, buf) => cb(err, err ? buf : fillRange(buf)));
+    },
+    randomFillSync(buf, offset, size) {
+      orig.randomFillSync(buf, offset, size); // validates
+      return fillRange(buf, offset, size);
+    },
+    randomFill(buf, ...rest) {
+      const cb = rest.pop();
+      if (typeof cb !== 'function') return orig.randomFill(buf, ...rest, cb); // let Node throw
+      return orig.randomFill(buf, ...rest, (err, b2) => cb(err, err ? b2 : fillRange(b2, rest[0], rest[1])));
+    },
+    randomUUID(options) {
+      if (options !== undefined) origUUID(options); // validates the options
+      return uuid();
+    },
+    randomInt(min, max, cb) {
+      if (typeof max === 'undefined' || typeof max === 'function') {
+        cb = max;
+        max = min;
+        min = 0;
+      }
+      orig.randomInt(min, max); // validates (throws like Node)
+      const range = max - min;
+      const limit = 2 ** 48 - (2 ** 48 % range);
+      let x;
+      do x = fresh(6).readUIntBE(0, 6); while (x >= limit);
+      const n = min + (x % range);
+      if (typeof cb === 'function') return void process.nextTick(cb, null, n);
+      return n;
+    },
+    getRandomValues(arr) {
+      orig.getRandomValues.call(crypto, arr); // validates type and the 65536-byte limit
+      return fillRange(arr);
+    },
+  };
+  const origUUID = crypto.randomUUID;
+  for (const [k, v] of Object.entries(wrapped)) {
+    // some are accessors on the module object (getRandomValues): replace them with values
+    Object.defineProperty(crypto, k, { value: v, writable: true, configurable: true, enumerable: true });
   }
-  if (openssl !== 'unchanged') {
-    for (let i = 0; i < 128; i++) crypto.randomUUID(); // passes the batch refill exactly once
-    for (let i = 0; i < 1024; i++) crypto.randomInt(0xffffffffffff); // 6 KiB cache, 6 bytes a call
+  const web = globalThis.crypto;
+  if (web) {
+    const proto = Object.getPrototypeOf(web);
+    const gv = proto.getRandomValues;
+    Object.defineProperty(proto, 'getRandomValues', {
+      value: function getRandomValues(arr) {
+        gv.call(this, arr);
+        return fillRange(arr);
+      },
+      writable: true, configurable: true, enumerable: true,
+    });
+    Object.defineProperty(proto, 'randomUUID', { value: function randomUUID() { return uuid(); }, writable: true, configurable: true, enumerable: true });
   }
-  return { math: 'xoshiro128**', kernel, openssl };
+  return { math: 'xoshiro128**', crypto: 'chacha20 (JS APIs only; OpenSSL internal DRBG still cloned)', kernel };
 }
 
 /** Unwrap a restore envelope (see the header): apply env, re-seed, return the event. */
