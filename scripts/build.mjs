@@ -1,6 +1,7 @@
 // Bundles the daemon, the CLI (and later the extension and webviews) with esbuild.
 import * as esbuild from 'esbuild';
 import * as fs from 'node:fs';
+import { buildWebviews } from '../webview/build.mjs';
 
 const watch = process.argv.includes('--watch');
 const common = { bundle: true, platform: 'node', mainFields: ['module', 'main'], target: 'node20', format: 'cjs', sourcemap: true, logLevel: 'warning' };
@@ -16,4 +17,5 @@ for (const e of entries) {
   if (watch) await (await esbuild.context(opts)).watch();
   else await esbuild.build(opts);
 }
+await buildWebviews({ watch });
 for (const f of ['dist/trenvd.js', 'dist/trenv.js']) fs.chmodSync(f, 0o755);

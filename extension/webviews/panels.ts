@@ -186,13 +186,18 @@ abstract class Panel<V extends ViewName> implements vscode.Disposable {
 export class LogsPanel extends Panel<'logs'> {
   private invocationId: string | undefined;
   private pendingSeq: number | undefined;
+  /** lines that arrive while an `init` is being fetched: sent after it (the webview drops duplicates by seq) */
+  private held: LogLine[] | undefined;
+  private fetching = 0;
 
   constructor(private readonly source: LogsSource, extensionUri: vscode.Uri, panel?: vscode.WebviewPanel) {
     super('logs', 'TrEnv Logs', extensionUri, panel);
     this.subs.push(
       this.host.onReady(() => void this.sendInit()),
       source.onLog((line) => {
-        if (line.invocationId === this.invocationId) void this.host.post({ type: 'log', line });
+        if (line.invocationId !== this.invocationId) return;
+        if (this.held) this.held.push(line);
+        else void this.host.post({ type: 'log', line });
       }),
       source.onInvocation((inv) => {
         if (inv.id === this.invocationId) void this.host.post({ type: 'state', invocation: inv });
@@ -216,15 +221,20 @@ export class LogsPanel extends Panel<'logs'> {
   private async sendInit(): Promise<void> {
     const id = this.invocationId;
     if (!id) return;
+    this.held ??= [];
+    this.fetching++;
     try {
       const detail = await this.source.getInvocation(id);
       if (id !== this.invocationId) return; // switched meanwhile
       this.host.title = `Logs: ${detail.record.agent}`;
       await this.host.post({ type: 'init', detail });
+      for (let line = this.held?.shift(); line; line = this.held?.shift()) if (line.invocationId === id) await this.host.post({ type: 'log', line });
       const seq = this.pendingSeq;
       if (seq !== undefined && (await this.host.post({ type: 'reveal', invocationId: id, seq }))) this.pendingSeq = undefined;
     } catch (e) {
       this.fail(`the logs of ${id}`, e);
+    } finally {
+      if (--this.fetching === 0) this.held = undefined;
     }
   }
 }
@@ -232,6 +242,9 @@ export class LogsPanel extends Panel<'logs'> {
 /** The restore trace of one invocation; asks the extension to open the logs at a step. */
 export class TracePanel extends Panel<'trace'> {
   private invocationId: string | undefined;
+  /** spans that arrive while an `init` is being fetched (the webview drops duplicates) */
+  private held: TraceSpan[] | undefined;
+  private fetching = 0;
 
   constructor(
     private readonly source: TraceSource,
@@ -246,7 +259,9 @@ export class TracePanel extends Panel<'trace'> {
         if (m.type === 'openLogs') this.openLogs(m);
       }),
       source.onSpan((span) => {
-        if (span.invocationId === this.invocationId) void this.host.post({ type: 'span', span });
+        if (span.invocationId !== this.invocationId) return;
+        if (this.held) this.held.push(span);
+        else void this.host.post({ type: 'span', span });
       }),
       source.onInvocation((inv) => {
         if (inv.id === this.invocationId) void this.host.post({ type: 'state', invocation: inv });
@@ -263,13 +278,18 @@ export class TracePanel extends Panel<'trace'> {
   private async sendInit(): Promise<void> {
     const id = this.invocationId;
     if (!id) return;
+    this.held ??= [];
+    this.fetching++;
     try {
       const detail = await this.source.getInvocation(id);
       if (id !== this.invocationId) return;
       this.host.title = `Trace: ${detail.record.agent}`;
       await this.host.post({ type: 'init', detail });
+      for (let span = this.held?.shift(); span; span = this.held?.shift()) if (span.invocationId === id) await this.host.post({ type: 'span', span });
     } catch (e) {
       this.fail(`the trace of ${id}`, e);
+    } finally {
+      if (--this.fetching === 0) this.held = undefined;
     }
   }
 }

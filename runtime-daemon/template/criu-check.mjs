@@ -216,7 +216,8 @@ const RAND = {
   node: ['index.js:handler', 'index.js', `const crypto = require('node:crypto');
 const atLoad = { math: Math.random(), uuid: crypto.randomUUID() }; // touches V8's and Node's caches before the checkpoint
 exports.handler = async () => ({ math: Math.random(), uuid: crypto.randomUUID(), webUuid: globalThis.crypto.randomUUID(),
-  bytes: crypto.randomBytes(8).toString('hex'), nocache: crypto.randomUUID({ disableEntropyCache: true }), atLoad });
+  bytes: crypto.randomBytes(8).toString('hex'), nocache: crypto.randomUUID({ disableEntropyCache: true }), atLoad,
+  x25519: crypto.generateKeyPairSync('x25519').publicKey.export({ type: 'spki', format: 'der' }).toString('hex') }); // OpenSSL-internal RNG
 `],
   python: ['main.py:handler', 'main.py', `import os, random, uuid, secrets
 AT_LOAD = random.random()
@@ -250,12 +251,13 @@ async function checkRandom(rt) {
   if (rt === 'node') {
     const [a, b] = await runTwo({ reseed: false });
     const same = (k) => canon(a.value?.[k]) === canon(b.value?.[k]);
-    console.log(`  without re-seed: equal across 2 clones: ${['math', 'uuid', 'webUuid', 'bytes', 'nocache'].map((k) => `${k}=${same(k)}`).join(' ')}`);
+    console.log(`  without re-seed: equal across 2 clones: ${['math', 'uuid', 'webUuid', 'bytes', 'nocache', 'x25519'].map((k) => `${k}=${same(k)}`).join(' ')}`);
     const [c, d] = await runTwo({});
     const log = c.messages.find((m) => m.t === 'log' && m.msg === 'trenv: re-seeded');
     console.log(`  re-seed step: ${JSON.stringify(log?.fields)}`);
     for (const k of ['math', 'uuid', 'webUuid', 'bytes', 'nocache']) check(c.ok && d.ok && canon(c.value[k]) !== canon(d.value[k]), `with re-seed, two clones differ in ${k}`, `${c.value?.[k]} vs ${d.value?.[k]}`);
     check(canon(c.value.atLoad) === canon(d.value.atLoad), 'values computed before the checkpoint stay the same (expected: part of the template)');
+    console.log(`  NOT fixed by the shim: OpenSSL-internal randomness (x25519 key generation) equal across re-seeded clones: ${c.value.x25519 === d.value.x25519}`);
   } else {
     const [a, b] = await runTwo({});
     check(a.ok && b.ok, 'python clones give results', JSON.stringify(a.error ?? b.error));

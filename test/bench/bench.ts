@@ -3,10 +3,12 @@
  * baselines measured in the same run, writes bench/results/<part>.json/.md and updates latest.json.
  */
 import { benchContainer } from './container';
+import { benchTemplates } from './templates';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   container: () => benchContainer(),
+  templates: () => benchTemplates(),
 };
 
 async function main(): Promise<void> {

@@ -431,5 +431,10 @@ export function cleanupAll(runcRoot = RUNC_ROOT): string[] {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') left.push(dir);
     }
   }
+  try {
+    fs.rmdirSync(runcRoot); // only if empty
+  } catch {
+    // not empty (a container runc could not delete) or already gone
+  }
   return left;
 }

@@ -326,8 +326,10 @@ function reseed(seedHex) {
   };
   const origUUID = crypto.randomUUID;
   for (const [k, v] of Object.entries(wrapped)) {
-    // some are accessors on the module object (getRandomValues): replace them with values
-    Object.defineProperty(crypto, k, { value: v, writable: true, configurable: true, enumerable: true });
+    // crypto.getRandomValues is a fixed accessor that calls globalThis.crypto's (patched below)
+    const desc = Object.getOwnPropertyDescriptor(crypto, k);
+    if (!desc || desc.configurable) Object.defineProperty(crypto, k, { value: v, writable: true, configurable: true, enumerable: true });
+    else if (desc.writable) crypto[k] = v;
   }
   const web = globalThis.crypto;
   if (web) {
