@@ -12,7 +12,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # ---- Debian packages
-APT_PACKAGES=(gcc make libc6-dev python3 slirp4netns iproute2 procps util-linux ca-certificates)
+# runtime: compilers for the native helpers, the agents' interpreters and their Debian libraries,
+# user-mode networking, debugpy; bench baselines: runc; webview/e2e tests: chromium
+APT_PACKAGES=(gcc make libc6-dev python3 python3-debugpy python3-pyaes python3-jinja2 python3-pil
+  slirp4netns iproute2 procps util-linux ca-certificates runc chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,6 +43,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
+
+# ---- CRIU 4 in a private prefix (Debian 12's criu 3.17 fails on this kernel): Node templates, CRIU baseline
+bash scripts/setup-criu.sh || echo "setup: CRIU is unavailable ($?): Node agents run without memory templates" >&2
 
 # ---- native sandbox manager and bundles
 log "building the native sandbox manager"
