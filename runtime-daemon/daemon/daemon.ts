@@ -103,19 +103,36 @@ export class Daemon {
 
       this.pool = new SandboxPool(this.driver, this.paths.emptyApp);
       this.pool.on('warn', (m: string) => this.log(m));
-      this.pool.on('changed', () => this.notify('sandboxes', undefined, (c) => void c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      // TrEnv: a cleaned sandbox gets the next instance of its last template half-started (the
+      // waiter joins its cgroups and namespaces now), so that part is off the next call's path
+      this.pool.onIdle = (sb) => {
+        if (sb.lastZygote && fs.existsSync(sb.lastZygote)) this.driver.prepare(sb, sb.lastZygote);
+      };
+      this.driver.native.on('prepareError', (sbx: string, msg: string) => this.log(`prepare ${sbx}: ${msg}`));
+      this.pool.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
       this.pool.start();
 
-      this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'));
+      // Node templates are CRIU checkpoints made in a dedicated sandbox (not from the pool: it is
+      // destroyed right after the dump), with the agent's code, limits and network.
+      const driver = this.driver;
+      this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'), {
+        makeSandbox: async (agent) => {
+          const m = agent.manifest;
+          const spec = { runtime: m.runtime, memoryMb: m.limits.memoryMb, pids: m.limits.pids, tmpfsMb: m.limits.tmpfsMb, network: m.network };
+          return (await driver.create(spec, agent.dir)).sandbox;
+        },
+        destroySandbox: (sb) => driver.destroy(sb as Parameters<ContainerDriver['destroy']>[0]),
+        nodeShim: path.join(root, 'runtime-daemon/runtimes/node/trenv-shim.js'),
+      });
       this.templates.log = this.log;
       this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'));
-      this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => void c.rpc.sendNotification(Notifications.debugReady, r)));
-      this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => void c.rpc.sendNotification(Notifications.log, l)));
-      this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => void c.rpc.sendNotification(Notifications.span, s)));
-      this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => void c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));
+      this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => c.rpc.sendNotification(Notifications.debugReady, r)));
+      this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)));
+      this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s)));
+      this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));
       this.invoker.on('invocation', (r) => {
         const { event: _e, result: _r, ...summary } = r;
-        this.notify('invocations', r.id, (c) => void c.rpc.sendNotification(Notifications.invocation, summary));
+        this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summary));
       });
 
       const token = writeToken(this.paths);
@@ -147,11 +164,12 @@ export class Daemon {
     }
   }
 
-  private notify(topic: Topic, invocationId: string | undefined, send: (c: ClientConnection) => void): void {
+  private notify(topic: Topic, invocationId: string | undefined, send: (c: ClientConnection) => Promise<void> | void): void {
     for (const [c, subs] of this.subs) {
       if (subs.some((s) => s.topics.has(topic) && (!s.invocationId || !invocationId || s.invocationId === invocationId))) {
         try {
-          send(c);
+          // a client that just went away: its close event has not been handled yet
+          void Promise.resolve(send(c)).catch(() => undefined);
         } catch {
           /* closed */
         }
@@ -289,7 +307,9 @@ export class Daemon {
         throw e;
       }
       try {
-        const meta = await this.templates.build(agent, (message) => void c.rpc.sendNotification(Notifications.progress, { what: `template ${agent.manifest.name}`, message }));
+        const meta = await this.templates.build(agent, (message) =>
+          void c.rpc.sendNotification(Notifications.progress, { what: `template ${agent.manifest.name}`, message }).catch(() => undefined),
+        );
         return this.templates.list().find((t) => t.name === meta.name)!;
       } catch (e) {
         throw new ResponseError(ErrorCodes.TemplateFailed, (e as Error).message);

@@ -25,7 +25,8 @@ import { ContainerDriver, ContainerSandbox, SandboxSpec } from '../sandbox/conta
 import { SandboxPool } from '../sandbox/pool';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
-import { TemplateManager } from '../template/templates';
+import { CriuInstance, nsPidOf, restoreInto } from '../template/criu';
+import { TemplateManager, TemplateMeta } from '../template/templates';
 
 const RUNTIMES: Record<string, string[]> = {
   python: ['/usr/bin/python3', '-B', '/opt/trenv/runtimes/python/trenv_shim.py'],
@@ -294,13 +295,19 @@ export class Invoker extends EventEmitter {
 
     // ---- the memory template, if the agent has one (rebuilt here when stale)
     let zygoteSocket: string | undefined;
+    /** a CRIU template (Node): restored into the sandbox below; record.template is set only once that worked */
+    let criuTemplate: { meta: TemplateMeta; imagesDir: string } | undefined;
     if (this.templates && params.template !== false && !debugPort) {
       const t0 = process.hrtime.bigint();
       try {
         const t = await this.templates.forInvoke(agent, (msg) => log('system', msg, 'info'));
         if (t) {
-          zygoteSocket = t.zygote.socketPath;
-          record.template = t.meta.name;
+          if (t.kind === 'zygote') {
+            zygoteSocket = t.zygote.socketPath;
+            record.template = t.meta.name;
+          } else {
+            criuTemplate = { meta: t.meta, imagesDir: t.imagesDir };
+          }
           if (t.rebuilt) log('system', `template ${t.meta.name} was rebuilt: ${t.rebuilt}`, 'info');
           span('template.pick', t0, process.hrtime.bigint(), { template: t.meta.name, kind: t.meta.kind, ...(t.rebuilt ? { rebuilt: t.rebuilt } : {}) });
         }
@@ -314,7 +321,7 @@ export class Invoker extends EventEmitter {
     // ---- get a sandbox
     const tAcq = process.hrtime.bigint();
     try {
-      const acq = await this.pool.acquire(spec, agent.dir, { fresh: params.fresh });
+      const acq = await this.pool.acquire(spec, agent.dir, { fresh: params.fresh, prefer: zygoteSocket });
       sb = acq.sandbox;
       active.sandbox = sb;
       record.sandboxId = sb.id;
@@ -361,10 +368,21 @@ export class Invoker extends EventEmitter {
     // short grace: the result is what counts.
     let graceTimer: NodeJS.Timeout | undefined;
     let endedAfterResult = false;
+    // The running instance: a sandboxd run (cold / zygote) or a restored CRIU instance.
+    let criuInst: CriuInstance | undefined;
+    let criuPending = false; // restore in progress: a kill is applied once it is done
+    let criuKilled = false;
+    const killRun = () => {
+      if (criuInst) {
+        criuKilled = true;
+        criuInst.kill();
+      } else if (criuPending) criuKilled = true;
+      else this.driver.kill(sb!, runId);
+    };
     const afterResult = () => {
       graceTimer ??= setTimeout(() => {
         endedAfterResult = true;
-        this.driver.kill(sb!, runId);
+        killRun();
       }, RESULT_GRACE_MS);
     };
 
@@ -423,7 +441,7 @@ export class Invoker extends EventEmitter {
       const timer = setTimeout(() => {
         active.endReason = 'timeout';
         log('system', `time limit of ${timeoutMs} ms reached: killing the handler`, 'error');
-        this.driver.kill(sb!, runId);
+        killRun();
       }, timeoutMs);
       const sampler = setInterval(() => {
         const pids = sb!.workerPids();
@@ -432,7 +450,7 @@ export class Invoker extends EventEmitter {
         this.store.append(id, 'memory', s);
         this.emit('memory', id, s);
       }, SAMPLE_MS);
-      active.kill = () => this.driver.kill(sb!, runId);
+      active.kill = killRun;
       const done = (v: { status: string; ns: bigint } | { error: string }) => {
         relay?.kill();
         clearTimeout(timer);
@@ -443,9 +461,17 @@ export class Invoker extends EventEmitter {
       tRunSent = process.hrtime.bigint();
       try {
         const handlers: RunHandlers = {
-            onStarted: (_pid, ns) => {
+            onStarted: (_pid, ns, steps) => {
               tStarted = ns;
-              if (zygoteSocket) span('template.attach', tRunSent, ns, { how: 'fork from zygote, join sandbox namespaces + cgroup, drop privileges', template: record.template ?? '' });
+              if (zygoteSocket) {
+                const prepared = !!steps?.some((x) => x.name === 'prepared');
+                span('template.attach', tRunSent, ns, {
+                  how: prepared ? 'a waiter forked from the zygote had joined this sandbox during its cleanup: fork the instance, drop privileges' : 'fork from the zygote, join the sandbox (cgroups, namespaces, root), drop privileges',
+                  template: record.template ?? '',
+                  prepared,
+                });
+                nativeSpans('template', steps ?? []);
+              }
               else span('process.start', tRunSent, ns, { argv0: runtime[0] });
               if (debugPort) {
                 log('system', `waiting for a debugger: ${m.runtime === 'python' ? 'debugpy' : 'the Node inspector'} listens on port ${debugPort} inside the sandbox`, 'info');
@@ -471,8 +497,77 @@ export class Invoker extends EventEmitter {
             onError: (message) => done({ error: message }),
         };
         const opts = { env, cwd: '/app', uid: SANDBOX_UID, gid: SANDBOX_GID, stdin };
-        if (zygoteSocket) this.driver.spawn(sb!, runId, zygoteSocket, opts, handlers);
-        else this.driver.run(sb!, runId, { argv: runtime, ...opts }, handlers);
+        const startCold = () => {
+          if (zygoteSocket) this.driver.spawn(sb!, runId, zygoteSocket, opts, handlers);
+          else this.driver.run(sb!, runId, { argv: runtime, ...opts }, handlers);
+        };
+        if (!criuTemplate) startCold();
+        else {
+          // CRIU template: restore the initialised shim INTO this sandbox, hand it the event in an
+          // envelope (re-seed + this invocation's env), stream its output through the same handlers.
+          const tpl = criuTemplate;
+          const tmplName = tpl.meta.name;
+          criuPending = true;
+          void (async () => {
+            const c = sb!.cgroup.counters();
+            sb!.baseline = { oomKills: c.oomKills, pidsMaxEvents: c.pidsMaxEvents };
+            const t0 = process.hrtime.bigint();
+            let inst: CriuInstance;
+            try {
+              inst = await restoreInto(tpl.imagesDir, { initPid: sb!.initPid, cgroupProcs: sb!.cgroup.procsFiles }, { timeoutMs: Math.min(30_000, Math.max(5_000, timeoutMs)) });
+            } catch (e) {
+              criuPending = false;
+              const msg = (e as Error).message;
+              const first = msg.split('\n')[0].slice(0, 500);
+              span('template.restore', t0, process.hrtime.bigint(), { template: tmplName, result: 'failed', error: first }, msg.slice(0, 4000));
+              if (criuKilled) return done({ status: 'signaled:9', ns: process.hrtime.bigint() });
+              this.templates?.restoreFailed(tpl.meta, msg);
+              log('system', `restoring template ${tmplName} failed (${first}): starting the runtime cold`, 'warn');
+              tRunSent = process.hrtime.bigint();
+              try {
+                startCold();
+              } catch (err) {
+                done({ error: (err as Error).message });
+              }
+              return;
+            }
+            criuPending = false;
+            criuInst = inst;
+            const tRestored = process.hrtime.bigint();
+            record.template = tmplName;
+            this.templates?.restoreOk(tmplName);
+            span('template.restore', t0, tRestored, {
+              template: tmplName,
+              how: 'CRIU restore into this sandbox (its namespaces, root and cgroups)',
+              pid: inst.hostPid,
+              restoreMs: Number(inst.restoreMs.toFixed(2)),
+            });
+            for (const st of inst.steps) span(`template.restore.${st.name}`, st.startNs, st.endNs);
+            tStarted = tRestored;
+            const envObj = Object.fromEntries(env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+            if (criuKilled) inst.kill(); // time limit or kill request while restoring
+            else {
+              try {
+                await inst.invoke(params.event ?? {}, { env: envObj, timeoutMs: timeoutMs + 10_000, onChunk: (stream, data, ns) => handlers.onData(stream, ns, data) });
+              } catch {
+                /* ended without a result (killed, crashed, OOM): classified below */
+              }
+            }
+            // EOF on its streams: the process is exiting (init reaps it); the sandbox reset kills anything left
+            const gone = () => {
+              try {
+                return nsPidOf(inst.hostPid) !== inst.nsPid;
+              } catch {
+                return true;
+              }
+            };
+            for (let i = 0; i < 100 && !gone(); i++) await new Promise((r) => setTimeout(r, 10));
+            // A restored process is init's child, not ours: its exit status is not observable.
+            const oomNow = sb!.cgroup.counters().oomKills > sb!.baseline.oomKills;
+            const status = criuKilled || oomNow ? 'signaled:9' : result ? 'exited:0' : 'exited:unknown';
+            handlers.onExit(status, process.hrtime.bigint());
+          })().catch((e: Error) => done({ error: e.message }));
+        }
       } catch (e) {
         done({ error: (e as Error).message });
       }

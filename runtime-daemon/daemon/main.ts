@@ -17,6 +17,8 @@ async function main(): Promise<void> {
   const daemon = new Daemon({ stateDir, port });
   daemon.onStopped = () => process.exit(0);
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void daemon.stop());
+  // a rejected promise nobody awaited is a bug to log, not a reason to stop serving
+  process.on('unhandledRejection', (e) => process.stderr.write(`trenvd: unhandled rejection: ${(e as Error)?.stack ?? e}\n`));
   process.on('uncaughtException', (e) => {
     process.stderr.write(`trenvd: internal error: ${e.stack ?? e}\n`);
     void daemon.stop();

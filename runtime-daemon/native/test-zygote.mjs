@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { check, failureCount, fail, Daemon, ms, spans, nsMembers, alive, sleep, makeLower } from './test-helpers.mjs';
+import { check, failureCount, fail, Daemon, ms, spans, nsMembers, alive, childrenOf, sleep, makeLower } from './test-helpers.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.argv[2] || path.join(here, 'build', 'trenv-sandboxd');
@@ -53,6 +53,15 @@ def handler(event, context):
         "env": dict(os.environ), "argv": __import__("sys").argv,
         "environ_raw": open("/proc/self/environ", "rb").read().decode("latin-1"),
     }
+`);
+
+// A second app for the swap-after-prepare check.
+const app2 = path.join(tmp, 'agent2');
+fs.mkdirSync(app2);
+fs.writeFileSync(path.join(app2, 'main.py'), `
+import os
+def handler(event, context):
+    return {"app": 2, "files": sorted(os.listdir("/app")), "tmp": sorted(os.listdir("/tmp"))}
 `);
 
 const CG = ['/sys/fs/cgroup/memory/trenv-zygote-smoke/x', '/sys/fs/cgroup/pids/trenv-zygote-smoke/x'];
@@ -117,6 +126,7 @@ let z;
 const seenPids = new Set(); // every C1/C2 host pid and zygote pid we saw: all must be gone at the end
 const inits = [];
 try {
+  let m;
   console.log('# zygote start');
   z = startZygote(sock);
   const readyLine = await z.ready;
@@ -205,40 +215,159 @@ try {
   check(r.events.at(-1)[3] === 'exited:0', `exit ${r.events.at(-1)[3]}`, r.err);
   check((nsMembers(sb.za) || ['?']).length === 0, 'background sleep gone before `exit`');
 
-  console.log('# latency: zygote spawn vs cold run of the shim (same agent, same imports)');
-  const lat = { spawnStarted: [], spawnStart: [], runStarted: [], runStart: [] };
-  const spanMs = {};
+  console.log('# latency: cold run vs zygote spawn vs spawn after prepare (same agent, same imports)');
+  // Every command is >100 ms after the previous cgroup migration, so the v1 cgroup.procs
+  // write really waits for its RCU grace period (back-to-back calls would hide it).
+  const KINDS = ['run', 'spawn', 'prepared'];
+  const lat = Object.fromEntries(KINDS.map((k) => [k, { started: [], start: [], spans: {} }]));
+  const prepSpans = {};
   for (let i = 0; i < 7; i++) {
-    for (const kind of ['spawn', 'run']) {
+    for (const kind of KINDS) {
       const id = `${kind}${i}`;
+      await sleep(120);
+      if (kind === 'prepared') {
+        d.send('prepare', 'zb', `zygote=${sock}`);
+        const pm = await d.next((m) => m[1] === 'zb' && (m[0] === 'prepared' || m[0] === 'error'));
+        if (pm[0] !== 'prepared') {
+          fail(`prepare zb: ${JSON.stringify(pm)}`);
+          continue;
+        }
+        for (const [name, [a, b]] of Object.entries(spans(pm[2]))) (prepSpans[name] ??= []).push(ms(a, b));
+        await sleep(120);
+      }
       const t0 = process.hrtime.bigint();
-      if (kind === 'spawn') d.send('spawn', 'zb', id, ...spawnArgs(id, { tag: id }));
-      else d.send('run', 'zb', id, ...runArgs(id, { tag: id }));
+      if (kind === 'run') d.send('run', 'zb', id, ...runArgs(id, { tag: id }));
+      else d.send('spawn', 'zb', id, ...spawnArgs(id, { tag: id }));
       r = await d.collect('zb', id);
       if (r.events[0][0] !== 'started' || r.events.at(-1)[3] !== 'exited:0') {
         fail(`${id}: ${JSON.stringify(r.events.map((e) => e.slice(0, 4).map(String)))} ${r.err}`);
         continue;
       }
-      if (kind === 'spawn') {
+      const L = lat[kind];
+      if (kind !== 'run') {
         seenPids.add(Number(r.events[0][5]));
-        for (const [name, [a, b]] of Object.entries(spans(r.events[0][6]))) (spanMs[name] ??= []).push(ms(a, b));
+        const sp = spans(r.events[0][6]);
+        const path = 'prepared' in sp ? 'prepared' : 'cgroup' in sp ? 'spawn' : '?';
+        if (path !== kind) fail(`${id}: took the ${path} path (spans ${r.events[0][6]})`);
+        for (const [name, [a, b]] of Object.entries(sp)) (L.spans[name] ??= []).push(ms(a, b));
       }
       const startMsg = chanMsgs(r).find((m) => m.t === 'start');
-      lat[`${kind}Started`].push(ms(t0, BigInt(r.events[0][4])));
-      lat[`${kind}Start`].push(ms(t0, BigInt(startMsg.mono_ns)));
+      L.started.push(ms(t0, BigInt(r.events[0][4])));
+      L.start.push(ms(t0, BigInt(startMsg.mono_ns)));
     }
   }
   const fmt = (a) => `median ${median(a).toFixed(2)} ms (min ${Math.min(...a).toFixed(2)}, max ${Math.max(...a).toFixed(2)})`;
-  console.log(`  spawn (zygote): command -> started   ${fmt(lat.spawnStarted)}`);
-  console.log(`  spawn (zygote): command -> chan start ${fmt(lat.spawnStart)}`);
-  console.log(`  spawn spans (median ms): ${Object.entries(spanMs).map(([n, a]) => `${n} ${median(a).toFixed(2)}`).join(', ')}`);
-  console.log(`  run (cold):     command -> started   ${fmt(lat.runStarted)}`);
-  console.log(`  run (cold):     command -> chan start ${fmt(lat.runStart)}`);
-  check(median(lat.spawnStart) < median(lat.runStart), `zygote start is faster (${(median(lat.runStart) / median(lat.spawnStart)).toFixed(1)}x)`);
+  const fmtSp = (o) => Object.entries(o).map(([n, a]) => `${n} ${median(a).toFixed(2)}`).join(', ');
+  const label = { run: 'run (cold)           ', spawn: 'spawn (no prepare)   ', prepared: 'spawn after prepare  ' };
+  for (const kind of KINDS) {
+    if (!lat[kind].start.length) continue;
+    console.log(`  ${label[kind]} command -> started    ${fmt(lat[kind].started)}`);
+    console.log(`  ${label[kind]} command -> chan start ${fmt(lat[kind].start)}`);
+    if (kind !== 'run') console.log(`  ${label[kind]} spans (median ms): ${fmtSp(lat[kind].spans)}`);
+  }
+  console.log(`  prepare (off the critical path) spans (median ms): ${fmtSp(prepSpans)}`);
+  const med = (k) => median(lat[k].start);
+  check(med('spawn') < med('run'), `zygote start is faster than cold (${(med('run') / med('spawn')).toFixed(1)}x)`);
+  check(med('prepared') < med('spawn'), `prepared start is faster than a plain spawn (${(med('run') / med('prepared')).toFixed(1)}x faster than cold, ${(med('spawn') / med('prepared')).toFixed(1)}x than spawn)`);
+
+  console.log('# prepare: waiter outside the pid namespace, replaced twice, used by the next spawn');
+  const zygKids = () => childrenOf(info.pid);
+  const waitGone = async (pids, n = 1000) => {
+    for (let t = 0; t < n && pids.some(alive); t += 10) await sleep(10);
+    return !pids.some(alive);
+  };
+  // prepare <sbx>; returns { m, pid } (pid: the new waiter, a child of the zygote).
+  const prepare = async (sbx, zyg = sock) => {
+    const before = new Set(zygKids());
+    d.send('prepare', sbx, `zygote=${zyg}`);
+    const m = await d.next((m) => m[1] === sbx && m[2] !== undefined && (m[0] === 'prepared' || (m[0] === 'error' && m[2] === '-')));
+    const pid = zygKids().find((p) => !before.has(p));
+    if (pid) seenPids.add(pid);
+    return { m, pid };
+  };
+  let w1 = await prepare('za');
+  check(w1.m[0] === 'prepared' && /^spans=fork:\d+:\d+,request:.*cgroup:.*setns:.*warm:/.test(w1.m[2]), `prepared: ${w1.m[2] && fmtSp(Object.fromEntries(Object.entries(spans(w1.m[2])).map(([n, [a, b]]) => [n, [ms(a, b)]])))}`, JSON.stringify(w1.m));
+  check(w1.pid && alive(w1.pid), `waiter ${w1.pid} is a child of the zygote`);
+  check((nsMembers(sb.za) || ['?']).length === 0, 'no process in the sandbox\'s pid namespace while prepared');
+  const cgOf = (pid) => fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  check(w1.pid && CG.every((c) => cgOf(w1.pid).includes(c.replace('/sys/fs/cgroup/memory', '').replace('/sys/fs/cgroup/pids', ''))), 'waiter is in the sandbox\'s cgroups');
+  check(w1.pid && fs.readlinkSync(`/proc/${w1.pid}/ns/net`) === fs.readlinkSync(`/proc/${sb.za}/ns/net`) &&
+    fs.readlinkSync(`/proc/${w1.pid}/ns/mnt`) === fs.readlinkSync(`/proc/${sb.za}/ns/mnt`) &&
+    fs.readlinkSync(`/proc/${w1.pid}/ns/pid`) !== fs.readlinkSync(`/proc/${sb.za}/ns/pid`) &&
+    fs.readlinkSync(`/proc/${w1.pid}/ns/pid_for_children`) === fs.readlinkSync(`/proc/${sb.za}/ns/pid`),
+  'waiter: sandbox net/mnt namespaces, host pid namespace, sandbox pid namespace for children');
+  const w2 = await prepare('za');
+  check(w2.m[0] === 'prepared' && w2.pid && w2.pid !== w1.pid, `prepare again -> new waiter ${w2.pid}`);
+  // Third prepare right behind a fourth: the third is replaced while it is still joining.
+  const before34 = new Set(zygKids());
+  d.send('prepare', 'za', `zygote=${sock}`);
+  d.send('prepare', 'za', `zygote=${sock}`);
+  const r3 = await d.next((m) => m[1] === 'za' && (m[0] === 'prepared' || (m[0] === 'error' && m[2] === '-')));
+  const r4 = await d.next((m) => m[1] === 'za' && (m[0] === 'prepared' || (m[0] === 'error' && m[2] === '-')));
+  await sleep(50);
+  for (const p of zygKids()) if (!before34.has(p)) seenPids.add(p);
+  check((r3[0] === 'prepared' || /replaced/.test(r3[3])) && r4[0] === 'prepared', `back-to-back prepares: ${r3[0]} ${r3[3] ?? ''} / ${r4[0]}`);
+  check(await waitGone([w1.pid, w2.pid]), 'replaced waiters exited');
+  const left = zygKids();
+  check(left.length === 1, `exactly one waiter left (${JSON.stringify(left)})`);
+  d.send('spawn', 'za', 'p1', ...spawnArgs('p1', { tag: 'p1' }));
+  r = await d.collect('za', 'p1');
+  check(r.events[0][0] === 'started' && 'prepared' in spans(r.events[0][6]) && !('cgroup' in spans(r.events[0][6])),
+    `spawn used the waiter (spans ${r.events[0][6]})`, JSON.stringify(r.events.map((e) => e.slice(0, 4).map(String))) + r.err);
+  check(r.events.at(-1)[3] === 'exited:0' && resultOf(r)?.pid < 10 && resultOf(r)?.uid === UID, `prepared instance ran: exit ${r.events.at(-1)[3]}`, r.err);
+  check(await waitGone([left[0]]), 'the waiter (C1) is gone with its instance');
+  d.send('spawn', 'za', 'p2', ...spawnArgs('p2', { tag: 'p2' }));
+  r = await d.collect('za', 'p2');
+  check(r.events[0][0] === 'started' && 'cgroup' in spans(r.events[0][6]) && r.events.at(-1)[3] === 'exited:0', 'next spawn without prepare takes the full path');
+
+  console.log('# prepare + swap: the instance sees the NEW /app');
+  w1 = await prepare('za');
+  check(w1.m[0] === 'prepared', 'prepared');
+  d.send('swap', 'za', `app=${app2}`);
+  m = await d.next((m) => m[1] === 'za');
+  check(m[0] === 'swapped', `swap after prepare: ${m[0]}`);
+  check(alive(w1.pid), 'swap keeps the waiter');
+  d.send('spawn', 'za', 'sw1', ...spawnArgs('sw1', {}));
+  r = await d.collect('za', 'sw1');
+  check(r.events[0][0] === 'started' && 'prepared' in spans(r.events[0][6]), 'spawn used the waiter');
+  check(resultOf(r)?.app === 2 && JSON.stringify(resultOf(r)?.files) === '["main.py"]', `instance ran the new app (${JSON.stringify(resultOf(r))})`, r.err + r.chan);
+  d.send('swap', 'za', `app=${app}`);
+  m = await d.next((m) => m[1] === 'za');
+  check(m[0] === 'swapped', 'swap back');
+
+  console.log('# reset discards the waiter');
+  w1 = await prepare('za');
+  check(w1.m[0] === 'prepared' && alive(w1.pid), 'prepared');
+  d.send('reset', 'za', `app=${app}`);
+  m = await d.next((m) => m[1] === 'za');
+  check(m[0] === 'reset-done', `reset: ${m[0]}`, JSON.stringify(m));
+  check(!alive(w1.pid), 'waiter gone when reset-done arrives (no leftover process)');
+  check(zygKids().length === 0, `zygote has no children left (${JSON.stringify(zygKids())})`);
+  d.send('spawn', 'za', 'rs1', ...spawnArgs('rs1', {}));
+  r = await d.collect('za', 'rs1');
+  check(r.events[0][0] === 'started' && 'cgroup' in spans(r.events[0][6]) && r.events.at(-1)[3] === 'exited:0', 'spawn after reset takes the full path');
+  d.send('reset', 'za', `app=${app}`);
+  m = await d.next((m) => m[1] === 'za');
+  w1 = await prepare('za');
+  d.send('spawn', 'za', 'rs2', ...spawnArgs('rs2', { tag: 'rs2' }));
+  r = await d.collect('za', 'rs2');
+  check(r.events[0][0] === 'started' && 'prepared' in spans(r.events[0][6]) && r.events.at(-1)[3] === 'exited:0' &&
+    JSON.stringify(resultOf(r)?.tmp) === '["mark-rs2"]', `reset, prepare, spawn: fresh root (/tmp ${JSON.stringify(resultOf(r)?.tmp)})`, r.err);
+
+  console.log('# prepare errors');
+  d.send('prepare', 'za', `zygote=${path.join(tmp, 'nope.sock')}`);
+  m = await d.next((m) => m[1] === 'za');
+  check(m[0] === 'error' && m[2] === '-', `missing zygote socket: ${m[3]}`);
+  d.send('prepare', 'nosuch', `zygote=${sock}`);
+  m = await d.next((m) => m[1] === 'nosuch');
+  check(m[0] === 'error', `unknown sandbox: ${m[3]}`);
+  d.send('prepare', 'za', 'zygote=relative.sock');
+  m = await d.next((m) => m[1] === 'za');
+  check(m[0] === 'error', `relative socket path: ${m[3]}`);
 
   console.log('# kill');
   d.send('spawn', 'za', 'k1', ...spawnArgs('k1', { tag: 'k1', sleep: 60 }));
-  let m = await d.next((m) => m[1] === 'za' && m[2] === 'k1');
+  m = await d.next((m) => m[1] === 'za' && m[2] === 'k1');
   check(m[0] === 'started', 'long instance started');
   seenPids.add(Number(m[5]));
   await d.next((m) => m[0] === 'data' && m[1] === 'za' && m[2] === 'k1' && m[3] === 'chan' && m[5].includes('"start"'));
@@ -256,6 +385,16 @@ try {
   d.send('spawn', 'za', 'k3', ...spawnArgs('k3', { tag: 'k3' }));
   r = await d.collect('za', 'k3');
   check(r.events.at(-1)[3] === 'exited:0', 'sandbox usable after kill');
+  w1 = await prepare('za');
+  d.send('spawn', 'za', 'k4', ...spawnArgs('k4', { tag: 'k4', sleep: 60 }));
+  m = await d.next((m) => m[1] === 'za' && m[2] === 'k4');
+  check(m[0] === 'started' && 'prepared' in spans(m[6]), 'prepared long instance started');
+  seenPids.add(Number(m[5]));
+  await d.next((m) => m[0] === 'data' && m[1] === 'za' && m[2] === 'k4' && m[3] === 'chan' && m[5].includes('"start"'));
+  d.send('kill', 'za', 'k4');
+  r = await d.collect('za', 'k4');
+  check(r.events.at(-1)[0] === 'exit' && r.events.at(-1)[3] === 'signaled:9', `kill of a prepared-then-spawned run -> exit ${r.events.at(-1)[3]}`);
+  check(await waitGone([Number(m[5]), w1.pid]) && (nsMembers(sb.za) || ['?']).length === 0, 'instance, its waiter and sandbox processes gone');
 
   console.log(`# memory: ${N_MEM} instances alive at once vs ${N_MEM} cold python3 processes`);
   const msb = [];
@@ -317,6 +456,20 @@ try {
   m = await d.next((m) => m[1] === 'zb');
   check(m[0] === 'destroyed', 'then destroyed');
 
+  console.log('# destroy with a prepared waiter');
+  d.send('create', 'zc', ...createOpts('zyg-c'));
+  m = await d.next((m) => m[1] === 'zc');
+  check(m[0] === 'created', 'create zc');
+  inits.push(Number(m[2]));
+  w1 = await prepare('zc');
+  check(w1.m[0] === 'prepared' && alive(w1.pid), 'prepared');
+  d.send('destroy', 'zc');
+  m = await d.next((m) => m[1] === 'zc');
+  check(m[0] === 'destroyed' && !alive(w1.pid), `destroyed, waiter gone (${m[0]})`);
+  // A waiter outlives its zygote (like a running C1); sandboxd's exit must still end it.
+  const lastWaiter = await prepare('m0');
+  check(lastWaiter.m[0] === 'prepared', 'prepared m0 (kept until sandboxd exits)');
+
   console.log('# zygote dies when its stdin closes');
   const zpid = info.pid;
   z.p.stdin.end();
@@ -333,6 +486,7 @@ try {
   d.p.stdin.end();
   const dex = await Promise.race([d.exited, sleep(5000).then(() => null)]);
   check(dex && dex.code === 0, 'sandboxd exited 0 on stdin EOF');
+  check(!alive(lastWaiter.pid), `prepared waiter ${lastWaiter.pid} gone when sandboxd exited`);
   await sleep(100);
   const survivors = [...seenPids, ...inits, ...members].filter(alive);
   check(survivors.length === 0, `no zygote, C1, instance or init processes remain (${seenPids.size + inits.length} checked)`, JSON.stringify(survivors));

@@ -1115,6 +1115,12 @@ struct sandbox {
 	bool gone; /* removed from the table; freed at the end of the loop iteration */
 	char **cg; /* the cgroup.procs paths given at create (spawn passes them to the zygote) */
 	int ncg;
+	/* `prepare`: a zygote C1 that joined the sandbox and waits on this connection for `go`
+	 * (PROTOCOL.md). At most one; -1 if none. prep_ready once its `prepared` arrived. */
+	int prep_fd;
+	char *prep_zyg; /* the zygote socket path it came from (spawn uses it only if equal) */
+	bool prep_ready;
+	long prep_pid; /* the waiter's host pid (from `prepared`; diagnostics only) */
 };
 
 static struct sandbox **sbs;
@@ -1172,6 +1178,88 @@ static void sb_stop_slirp(struct sandbox *sb, bool wait)
 	}
 }
 
+#define PREP_WAIT_MS 1000 /* bound for a discarded waiter to close its end (it exits on EOF) */
+
+/*
+ * Drop the sandbox's prepared waiter (if any). A waiter still joining gets its `prepare`
+ * answered with `error <sbx> - <why>` (unless why is NULL). We only shut down our sending side:
+ * the waiter sees EOF and exits, and its exit closes its end, which we see as EOF. With wait,
+ * block (bounded) until then, so that nothing of it is left (its root pins the sandbox's old
+ * root, which matters for reset).
+ */
+static void prep_discard(struct sandbox *sb, const char *why, bool wait)
+{
+	if (sb->prep_fd < 0)
+		return;
+	if (!sb->prep_ready && why)
+		emit_error(sb->name, NULL, "prepare: %s", why);
+	shutdown(sb->prep_fd, SHUT_WR);
+	if (wait) {
+		uint64_t deadline = mono_ns() + (uint64_t)PREP_WAIT_MS * 1000000ull;
+		char buf[512];
+		for (;;) {
+			ssize_t n = recv(sb->prep_fd, buf, sizeof buf, MSG_DONTWAIT);
+			if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+				break; /* EOF (or reset): the waiter is gone */
+			if (n > 0)
+				continue; /* a late `prepared`/`error`: drop it */
+			uint64_t now = mono_ns();
+			if (now >= deadline) {
+				logmsg("sandbox %s: prepared waiter %ld did not exit within %d ms",
+				       sb->name, sb->prep_pid, PREP_WAIT_MS);
+				break;
+			}
+			struct pollfd pf = {.fd = sb->prep_fd, .events = POLLIN};
+			poll(&pf, 1, (int)((deadline - now) / 1000000ull) + 1);
+		}
+	}
+	xclose(&sb->prep_fd);
+	free(sb->prep_zyg);
+	sb->prep_zyg = NULL;
+	sb->prep_ready = false;
+	sb->prep_pid = 0;
+}
+
+/* The waiter's connection is readable: its `prepared` (or `error`), or it went away. */
+static void prep_readable(struct sandbox *sb)
+{
+	char buf[4096];
+	ssize_t n = recv(sb->prep_fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		if (sb->prep_ready)
+			logmsg("sandbox %s: prepared waiter %ld went away", sb->name, sb->prep_pid);
+		prep_discard(sb, "the zygote closed the connection before the waiter was ready",
+			     false);
+		return;
+	}
+	buf[n] = 0;
+	const char *fld[4] = {buf, "", "", ""};
+	int nf = 1;
+	for (char *p = buf; nf < 4 && (p = memchr(p, 0, (size_t)(buf + n - p))) != NULL;) {
+		p++;
+		fld[nf++] = p;
+		if (p >= buf + n)
+			break;
+	}
+	if (!sb->prep_ready && !strcmp(fld[0], "prepared") && nf >= 4) {
+		sb->prep_ready = true;
+		sb->prep_pid = strtol(fld[1], NULL, 10);
+		ob_begin("prepared");
+		ob_str(sb->name);
+		ob_str(fld[3]); /* spans=fork,request,cgroup,setns,warm */
+		ob_send();
+	} else if (!sb->prep_ready && !strcmp(fld[0], "error")) {
+		emit_error(sb->name, NULL, "prepare: %s", nf >= 2 ? fld[1] : "zygote error");
+		prep_discard(sb, NULL, false);
+	} else {
+		logmsg("sandbox %s: unexpected message '%.40s' from the prepared waiter; dropping it",
+		       sb->name, fld[0]);
+		prep_discard(sb, "unexpected reply from the zygote", false);
+	}
+}
+
 /* Take the sandbox out of the table. Its memory lives until the end of the loop iteration,
  * because pollfd bookkeeping for this iteration may still point at it. */
 static void sb_remove(struct sandbox *sb)
@@ -1183,6 +1271,7 @@ static void sb_remove(struct sandbox *sb)
 		}
 	xclose(&sb->ctl);
 	sb_stop_slirp(sb, false);
+	prep_discard(sb, "the sandbox went away", false);
 	run_free(sb->run);
 	sb->run = NULL;
 	sb->gone = true;
@@ -1649,7 +1738,7 @@ static void cmd_create(struct field *f, size_t nf)
 	if (!sb)
 		exit(3);
 	sb->name = xstrdup(name);
-	sb->ctl = sb->slirp_exit = -1;
+	sb->ctl = sb->slirp_exit = sb->prep_fd = -1;
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
 		snprintf(err, sizeof err, "socketpair: %s", strerror(errno));
@@ -1903,6 +1992,106 @@ fail:
 	emit_error(name, rid, "%s", err);
 }
 
+/* A non-blocking connection to the zygote socket; -1 with errno and *what set on failure. */
+static int zyg_connect(const struct sockaddr_un *sa, const char **what)
+{
+	*what = "socket";
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	*what = "connect to zygote";
+	if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* One request message (+ nfds fds by SCM_RIGHTS) to the zygote; -1 with errno on failure. */
+static int zyg_send(int fd, const char *buf, size_t len, const int *fds, int nfds)
+{
+	struct iovec iov = {(void *)buf, len};
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * 4)];
+		struct cmsghdr align;
+	} cm;
+	memset(&cm, 0, sizeof cm);
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (nfds > 0) {
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+	}
+	int sr;
+	do
+		sr = (int)sendmsg(fd, &mh, MSG_NOSIGNAL);
+	while (sr < 0 && errno == EINTR);
+	return sr < 0 ? -1 : 0;
+}
+
+/*
+ * prepare <sbx> zygote=<socket>: have the zygote fork a waiter that joins the sandbox now and
+ * waits for `go` (the next spawn from the same zygote). Asynchronous: `prepared` comes from
+ * the connection (prep_readable). Replaces an earlier waiter.
+ */
+static void cmd_prepare(struct field *f, size_t nf)
+{
+	if (nf != 3 || !valid_name(&f[1])) {
+		emit_error(NULL, NULL, "prepare: want prepare <sbx> zygote=<socket>");
+		return;
+	}
+	const char *name = f[1].p, *zygote = NULL;
+	char key[16];
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (!field_is_str(&f[2]) || !opt_split(&f[2], key, sizeof key, &zygote) ||
+	    strcmp(key, "zygote") || zygote[0] != '/' || strlen(zygote) >= sizeof sa.sun_path) {
+		emit_error(name, NULL, "prepare: want zygote=<absolute socket path shorter than %zu>",
+			   sizeof sa.sun_path);
+		return;
+	}
+	struct sandbox *sb = sb_find(name);
+	if (!sb) {
+		emit_error(name, NULL, "no such sandbox");
+		return;
+	}
+	if (sb->ctl < 0 || sb->init <= 0) {
+		emit_error(name, NULL, "sandbox init is gone");
+		return;
+	}
+	prep_discard(sb, "replaced by a newer prepare", false);
+	strcpy(sa.sun_path, zygote);
+	size_t cap = 64 + (size_t)sb->ncg * (PATH_MAX + 8), len = 0;
+	char *req = xmalloc(cap);
+	len += (size_t)snprintf(req + len, cap - len, "prepare%cinitpid=%d", 0, (int)sb->init);
+	for (int i = 0; i < sb->ncg; i++)
+		len += (size_t)snprintf(req + len, cap - len, "%ccgroup=%s", 0, sb->cg[i]);
+	const char *what;
+	int fd = zyg_connect(&sa, &what);
+	if (fd >= 0 && zyg_send(fd, req, len, NULL, 0) < 0) {
+		what = "send to zygote";
+		int e = errno;
+		close(fd);
+		fd = -1;
+		errno = e;
+	}
+	free(req);
+	if (fd < 0) {
+		emit_error(name, NULL, "%s %s: %s", what, zygote,
+			   errno == EAGAIN ? "busy (try again)" : strerror(errno));
+		return;
+	}
+	sb->prep_fd = fd;
+	sb->prep_zyg = xstrdup(zygote);
+	sb->prep_ready = false;
+	sb->prep_pid = 0;
+}
+
 /*
  * spawn <sbx> <run> zygote=<socket> env=... cwd= uid= gid= stdin=<bytes>
  * Like `run`, but the process is a fork of the Python zygote (runtimes/python/trenv_zygote.py)
@@ -1974,24 +2163,23 @@ static void cmd_spawn(struct field *f, size_t nf)
 	}
 	strcpy(sa.sun_path, zygote);
 
-	/* The request: spawn, initpid=, cgroup=..., uid=, gid=, cwd=, env=... (NUL-separated). */
-	size_t cap = 256 + (size_t)sb->ncg * PATH_MAX, len = 0;
+	/* The instance's part of the request, shared by `spawn` and `go`: uid=, gid=, cwd=,
+	 * env=... (each preceded by its NUL separator). */
+	size_t tcap = 64 + strlen(cwd), tlen = 0;
 	for (size_t i = 3; i < nf; i++)
 		if (!strncmp(f[i].p, "env=", 4) && field_is_str(&f[i]))
-			cap += f[i].len + 1;
-	char *req = xmalloc(cap);
-	len += (size_t)snprintf(req + len, cap - len, "spawn%cinitpid=%d", 0, (int)sb->init);
-	for (int i = 0; i < sb->ncg; i++)
-		len += (size_t)snprintf(req + len, cap - len, "%ccgroup=%s", 0, sb->cg[i]);
-	len += (size_t)snprintf(req + len, cap - len, "%cuid=%s%cgid=%s", 0, uid, 0, gid);
-	req[len++] = 0;
-	len += (size_t)snprintf(req + len, cap - len, "cwd=%s", cwd);
+			tcap += f[i].len + 1;
+	char *tail = xmalloc(tcap);
+	tlen += (size_t)snprintf(tail + tlen, tcap - tlen, "%cuid=%s%cgid=%s", 0, uid, 0, gid);
+	tail[tlen++] = 0;
+	tlen += (size_t)snprintf(tail + tlen, tcap - tlen, "cwd=%s", cwd);
 	for (size_t i = 3; i < nf; i++)
 		if (!strncmp(f[i].p, "env=", 4) && field_is_str(&f[i])) {
-			req[len++] = 0;
-			memcpy(req + len, f[i].p, f[i].len);
-			len += f[i].len;
+			tail[tlen++] = 0;
+			memcpy(tail + tlen, f[i].p, f[i].len);
+			tlen += f[i].len;
 		}
+	char *req = NULL;
 
 	struct run *r = calloc(1, sizeof *r);
 	if (!r)
@@ -2012,33 +2200,45 @@ static void cmd_spawn(struct field *f, size_t nf)
 		child[i] = i == FD_IN ? pp[0] : pp[1];
 		r->fd[i] = i == FD_IN ? pp[1] : pp[0];
 	}
-	/* Non-blocking throughout: a stuck or dead zygote must never stall the event loop. */
-	r->zfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	int sr = -1, se = 0;
 	const char *what = "socket";
-	if (r->zfd >= 0) {
-		what = "connect to zygote";
-		sr = connect(r->zfd, (struct sockaddr *)&sa, sizeof sa);
-		if (sr == 0) {
+	if (sb->prep_fd >= 0 && sb->prep_ready && !strcmp(sb->prep_zyg, zygote)) {
+		/* A prepared waiter from this zygote: `go` t=<now> + the instance's part. */
+		char head[48];
+		size_t hlen = (size_t)snprintf(head, sizeof head, "go%ct=%" PRIu64, 0, mono_ns());
+		req = xmalloc(hlen + tlen);
+		memcpy(req, head, hlen);
+		memcpy(req + hlen, tail, tlen);
+		sr = zyg_send(sb->prep_fd, req, hlen + tlen, child, 4);
+		if (sr >= 0) {
+			r->zfd = sb->prep_fd; /* the run owns the connection now */
+			sb->prep_fd = -1;
+			free(sb->prep_zyg);
+			sb->prep_zyg = NULL;
+			sb->prep_ready = false;
+		} else {
+			/* The waiter is gone (or stuck): drop it and take the full path. */
+			logmsg("run %s/%s: prepared waiter %ld: %s; spawning without it", name, rid,
+			       sb->prep_pid, strerror(errno));
+			prep_discard(sb, NULL, false);
+		}
+		free(req);
+		req = NULL;
+	}
+	if (r->zfd < 0) {
+		/* The full request: spawn, initpid=, cgroup=..., then the instance's part. */
+		size_t cap = 64 + (size_t)sb->ncg * (PATH_MAX + 8) + tlen, len = 0;
+		req = xmalloc(cap);
+		len += (size_t)snprintf(req + len, cap - len, "spawn%cinitpid=%d", 0, (int)sb->init);
+		for (int i = 0; i < sb->ncg; i++)
+			len += (size_t)snprintf(req + len, cap - len, "%ccgroup=%s", 0, sb->cg[i]);
+		memcpy(req + len, tail, tlen);
+		len += tlen;
+		/* Non-blocking throughout: a stuck or dead zygote must never stall the event loop. */
+		r->zfd = zyg_connect(&sa, &what);
+		if (r->zfd >= 0) {
 			what = "send to zygote";
-			struct iovec iov = {req, len};
-			union {
-				char buf[CMSG_SPACE(sizeof(int) * 4)];
-				struct cmsghdr align;
-			} cm;
-			memset(&cm, 0, sizeof cm);
-			struct msghdr mh = {.msg_iov = &iov,
-					    .msg_iovlen = 1,
-					    .msg_control = cm.buf,
-					    .msg_controllen = sizeof cm.buf};
-			struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-			c->cmsg_level = SOL_SOCKET;
-			c->cmsg_type = SCM_RIGHTS;
-			c->cmsg_len = CMSG_LEN(sizeof(int) * 4);
-			memcpy(CMSG_DATA(c), child, sizeof child);
-			do
-				sr = (int)sendmsg(r->zfd, &mh, MSG_NOSIGNAL);
-			while (sr < 0 && errno == EINTR);
+			sr = zyg_send(r->zfd, req, len, child, 4);
 		}
 	}
 	se = errno;
@@ -2058,10 +2258,12 @@ static void cmd_spawn(struct field *f, size_t nf)
 	} else {
 		xclose(&r->fd[FD_IN]);
 	}
+	free(tail);
 	sb->run = r;
 	return;
 fail:
 	free(req);
+	free(tail);
 	run_free(r);
 	emit_error(name, rid, "%s", err);
 }
@@ -2217,6 +2419,8 @@ static void cmd_reset(struct field *f, size_t nf)
 		emit_error(name, NULL, "app %s: not a directory", app);
 		return;
 	}
+	/* A prepared waiter is chrooted into the root we are about to replace. */
+	prep_discard(sb, "discarded by reset", true);
 	char err[1024];
 	struct rmsg m;
 	if (imsg_send(sb->ctl, M_RESET, 0, NULL, 0, hostname, strlen(hostname), NULL, 0) < 0) {
@@ -2262,6 +2466,7 @@ static void cmd_destroy(struct field *f, size_t nf)
 		emit_error(f[1].p, NULL, "no such sandbox");
 		return;
 	}
+	prep_discard(sb, "the sandbox was destroyed", true);
 	xclose(&sb->ctl);
 	int st = sb_kill_init(sb);
 	sb_stop_slirp(sb, true);
@@ -2319,6 +2524,9 @@ static void handle_frame(uint8_t *frame, size_t len)
 	} else if (cmdlen == 5 && !memcmp(cmd, "spawn", 5)) {
 		nf = split_fields(body, len, 0, "stdin=", 3, &f);
 		cmd_spawn(f, nf);
+	} else if (cmdlen == 7 && !memcmp(cmd, "prepare", 7)) {
+		nf = split_fields(body, len, 0, NULL, 0, &f);
+		cmd_prepare(f, nf);
 	} else if (cmdlen == 4 && !memcmp(cmd, "kill", 4)) {
 		nf = split_fields(body, len, 3, NULL, 0, &f);
 		cmd_kill(f, nf);
@@ -2355,6 +2563,11 @@ static struct {
 /* Kill every sandbox (init first: the kernel tears the pid namespace down), then reap. */
 static void cleanup_all(void)
 {
+	for (size_t i = 0; i < nsbs; i++)
+		if (sbs[i]->prep_fd >= 0)
+			shutdown(sbs[i]->prep_fd, SHUT_WR); /* every waiter starts exiting now */
+	for (size_t i = 0; i < nsbs; i++)
+		prep_discard(sbs[i], NULL, true);
 	for (size_t i = 0; i < nsbs; i++) {
 		if (sbs[i]->init > 0)
 			kill(sbs[i]->init, SIGKILL);
@@ -2455,7 +2668,7 @@ static void reap_children(void)
 	}
 }
 
-enum { PK_CTL, PK_PIPE, PK_ZYG };
+enum { PK_CTL, PK_PIPE, PK_ZYG, PK_PREP };
 struct pref {
 	struct sandbox *sb;
 	struct run *run;
@@ -2484,7 +2697,7 @@ int main(void)
 	struct pref *pr = NULL;
 	size_t pcap = 0;
 	while (stdin_open) {
-		size_t need = 2 + nsbs * 6, n = 0;
+		size_t need = 2 + nsbs * 7, n = 0;
 		if (need > pcap) {
 			pcap = need * 2;
 			pfd = xrealloc(pfd, pcap * sizeof *pfd);
@@ -2495,6 +2708,10 @@ int main(void)
 			if (sb->ctl >= 0) {
 				pfd[n] = (struct pollfd){.fd = sb->ctl, .events = POLLIN};
 				pr[n++] = (struct pref){sb, NULL, PK_CTL, 0, sb->ctl};
+			}
+			if (sb->prep_fd >= 0) {
+				pfd[n] = (struct pollfd){.fd = sb->prep_fd, .events = POLLIN};
+				pr[n++] = (struct pref){sb, NULL, PK_PREP, 0, sb->prep_fd};
 			}
 			struct run *r = sb->run;
 			if (r && r->zfd >= 0) {
@@ -2533,6 +2750,11 @@ int main(void)
 			if (p->kind == PK_CTL) {
 				if (p->sb->ctl == p->fd)
 					sb_ctl_readable(p->sb);
+				continue;
+			}
+			if (p->kind == PK_PREP) {
+				if (p->sb->prep_fd == p->fd)
+					prep_readable(p->sb);
 				continue;
 			}
 			/* The run may have finished (and been freed) earlier in this pass. */

@@ -30,6 +30,10 @@ export class ContainerSandbox {
   lastUsed = Date.now();
   readonly createdAt = Date.now();
   initPid = 0;
+  /** the zygote socket of the template whose waiter was asked to join this sandbox */
+  preparedFor: string | undefined;
+  /** the zygote the last instance in this sandbox came from: the next one likely does too */
+  lastZygote: string | undefined;
   /** counters that cannot be reset in the cgroup: read at each run's start */
   baseline = { oomKills: 0, pidsMaxEvents: 0 };
 
@@ -127,6 +131,7 @@ export class ContainerDriver {
    * code (an empty dir takes its place), reset cgroup counters. Off the critical path.
    */
   async clean(sb: ContainerSandbox, emptyApp: string): Promise<NativeSpan[]> {
+    sb.preparedFor = undefined; // reset discards the waiter
     const spans = await this.native.reset(sb.id, emptyApp);
     sb.appDir = undefined;
     const t0 = process.hrtime.bigint();
@@ -142,9 +147,16 @@ export class ContainerDriver {
   }
 
   spawn(sb: ContainerSandbox, runId: string, zygoteSocket: string, o: Omit<RunOptions, 'argv'>, h: RunHandlers): void {
+    sb.preparedFor = undefined; // a waiter is used once
+    sb.lastZygote = zygoteSocket;
     const c = sb.cgroup.counters();
     sb.baseline = { oomKills: c.oomKills, pidsMaxEvents: c.pidsMaxEvents };
     this.native.spawn(sb.id, runId, zygoteSocket, o, h);
+  }
+
+  prepare(sb: ContainerSandbox, zygoteSocket: string): void {
+    sb.preparedFor = zygoteSocket;
+    this.native.prepare(sb.id, zygoteSocket);
   }
 
   kill(sb: ContainerSandbox, runId: string): void {

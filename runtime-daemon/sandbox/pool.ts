@@ -47,16 +47,24 @@ export class SandboxPool extends EventEmitter {
     this.emit('changed');
   }
 
-  async acquire(spec: SandboxSpec, appDir: string, opts: { fresh?: boolean } = {}): Promise<Acquired> {
+  /** Takes an idle sandbox of this key: one prepared for `prefer` (a template) first, else the warmest. */
+  private pick(key: string, prefer?: string): ContainerSandbox | undefined {
+    const list = this.idle.get(key);
+    if (!list?.length) return undefined;
+    const i = prefer ? list.map((s) => s.preparedFor).lastIndexOf(prefer) : -1;
+    return i >= 0 ? list.splice(i, 1)[0] : list.pop();
+  }
+
+  async acquire(spec: SandboxSpec, appDir: string, opts: { fresh?: boolean; prefer?: string } = {}): Promise<Acquired> {
     if (this.closed) throw new Error('the daemon is shutting down');
     const p0 = process.hrtime.bigint();
     const key = poolKey(spec);
-    let sb = opts.fresh ? undefined : this.idle.get(key)?.pop(); // most recently cleaned: the warmest
+    let sb = opts.fresh ? undefined : this.pick(key, opts.prefer);
     if (!sb && !opts.fresh && this.cleaning.get(key)?.size) {
       // a sandbox of this key is being cleaned (about a millisecond): waiting for it beats
       // creating a fresh one (a cold cgroup attach alone can take 10+ ms here)
       await Promise.race(this.cleaning.get(key)!.values());
-      sb = this.idle.get(key)?.pop();
+      sb = this.pick(key, opts.prefer);
     }
     const p1 = process.hrtime.bigint();
     if (sb) {
@@ -85,6 +93,9 @@ export class SandboxPool extends EventEmitter {
    * Returns a finished sandbox: cleaned and kept when `reuse` and there is room, destroyed otherwise.
    * Resolves with the cleanup spans once the sandbox is idle (or destroyed).
    */
+  /** Called with every sandbox that became idle after a cleanup (e.g. to prepare a template's waiter). */
+  onIdle: ((sb: ContainerSandbox) => void) | undefined;
+
   async release(sb: ContainerSandbox, reuse: boolean): Promise<NativeSpan[]> {
     if (!reuse || this.closed || this.idleCount() >= this.config.maxIdle) {
       await this.discard(sb);
@@ -110,6 +121,7 @@ export class SandboxPool extends EventEmitter {
       sb.state = 'idle';
       sb.lastUsed = Date.now();
       if (!this.idle.has(key)) this.idle.set(key, []);
+      this.onIdle?.(sb);
       this.idle.get(key)!.push(sb);
       this.cleaning.get(key)?.delete(settled);
       this.changed();

@@ -35,7 +35,8 @@ export interface RunOptions {
 }
 
 export interface RunHandlers {
-  onStarted(pid: number, monoNs: bigint): void;
+  /** `spans`: how a spawned instance got ready (sandboxd/zygote steps), when reported */
+  onStarted(pid: number, monoNs: bigint, spans?: NativeSpan[]): void;
   onData(stream: 'out' | 'err' | 'chan', monoNs: bigint, data: Buffer): void;
   onExit(status: string, monoNs: bigint): void;
   onError(message: string): void;
@@ -120,7 +121,11 @@ export class Sandboxd extends EventEmitter {
     const [kind, sbx, a, b, c] = fields;
     switch (kind) {
       case 'started': {
-        this.runs.get(`${sbx}/${a}`)?.onStarted(Number(b), BigInt(c));
+        this.runs.get(`${sbx}/${a}`)?.onStarted(Number(b), BigInt(c), parseSpans(fields.find((x) => x.startsWith('spans='))));
+        return;
+      }
+      case 'prepared': {
+        this.emit('prepared', sbx, parseSpans(fields.find((x) => x.startsWith('spans='))));
         return;
       }
       case 'exit': {
@@ -158,6 +163,11 @@ export class Sandboxd extends EventEmitter {
           this.runs.delete(`${sbx}/${a}`);
           if (h) h.onError(message);
           else this.emit('runError', sbx, a, message);
+          return;
+        }
+        if (/^(prepare: |connect to zygote)/.test(message)) {
+          // prepare is best effort and has no waiter: never let its error answer another command
+          this.emit('prepareError', sbx, message);
           return;
         }
         const w = sbx && sbx !== '-' ? this.waiters.get(sbx) : undefined;
@@ -241,6 +251,15 @@ export class Sandboxd extends EventEmitter {
       this.runs.delete(key);
       throw e;
     }
+  }
+
+  /**
+   * Asks the template's zygote to fork a waiter that joins this sandbox now, so that the next
+   * `spawn` skips the slow part (cgroup attach, setns). Best effort: the answer comes as a
+   * `prepared` or `prepareError` event; nothing waits for it.
+   */
+  prepare(sbx: string, zygoteSocket: string): void {
+    if (this.alive) this.send(['prepare', sbx, `zygote=${zygoteSocket}`]);
   }
 
   kill(sbx: string, run: string): void {

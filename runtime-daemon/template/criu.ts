@@ -491,6 +491,20 @@ export interface InvokeOptions {
   /** send a fresh 32-byte seed (default true; only with envelope templates) */
   reseed?: boolean;
   timeoutMs?: number;
+  /**
+   * Every chunk of the restored process's stdout/stderr/chan as it arrives (set before the event
+   * is written, so nothing of this invocation is missed), for callers that stream output.
+   */
+  onChunk?: ChunkHandler;
+}
+
+export type ChunkHandler = (stream: 'out' | 'err' | 'chan', data: Buffer, ns: bigint) => void;
+
+/** A timed step of a restore, on the CLOCK_MONOTONIC scale of process.hrtime.bigint(). */
+export interface RestoreStep {
+  name: string;
+  startNs: bigint;
+  endNs: bigint;
 }
 
 /** One restored process with its four streams. */
@@ -501,6 +515,10 @@ export class CriuInstance {
   private err = '';
   private waiters: Array<() => void> = [];
   private eof = 0;
+  /** see InvokeOptions.onChunk (invoke sets it) */
+  onChunk?: ChunkHandler;
+  /** the restore's steps with their times (fifo, criu, find); set by restoreInto */
+  steps: RestoreStep[] = [];
 
   constructor(
     readonly hostPid: number,
@@ -514,9 +532,16 @@ export class CriuInstance {
     readonly spans: Record<string, number>,
   ) {
     stdin.on('error', () => undefined);
-    stdout.on('data', (d) => (this.out += d));
-    stderr.on('data', (d) => (this.err += d));
+    stdout.on('data', (d: Buffer) => {
+      this.out += d;
+      this.onChunk?.('out', d, process.hrtime.bigint());
+    });
+    stderr.on('data', (d: Buffer) => {
+      this.err += d;
+      this.onChunk?.('err', d, process.hrtime.bigint());
+    });
     chan.on('data', (d: Buffer) => {
+      this.onChunk?.('chan', d, process.hrtime.bigint());
       this.chanBuf += d.toString();
       const lines = this.chanBuf.split('\n');
       this.chanBuf = lines.pop() ?? '';
@@ -536,6 +561,11 @@ export class CriuInstance {
         this.wake();
       });
     }
+  }
+
+  /** True once stdout, stderr and chan all reached EOF (the process has exited or closed them). */
+  get ended(): boolean {
+    return this.eof >= 3;
   }
 
   private wake(): void {
@@ -558,6 +588,7 @@ export class CriuInstance {
     const payload = this.meta.envelope
       ? { trenv: { ...(o.reseed === false ? {} : { seed: crypto.randomBytes(32).toString('hex') }), env: o.env ?? {} }, event }
       : event;
+    if (o.onChunk) this.onChunk = o.onChunk;
     const t0 = process.hrtime.bigint();
     this.stdin.end(JSON.stringify(payload));
     const timeoutMs = o.timeoutMs ?? 30_000;
@@ -634,10 +665,12 @@ let restoreSeq = 0;
 export async function restoreInto(imagesDir: string, target: CriuTarget, o: RestoreOptions = {}): Promise<CriuInstance> {
   const meta = readMeta(imagesDir);
   const spans: Record<string, number> = {};
+  const steps: RestoreStep[] = [];
   let t = process.hrtime.bigint();
   const lap = (name: string) => {
     const now = process.hrtime.bigint();
     spans[name] = Number(now - t) / 1e6;
+    steps.push({ name, startNs: t, endNs: now });
     t = now;
   };
   const dir = fs.mkdtempSync(path.join(o.tmpDir ?? os.tmpdir(), 'trenv-criu-'));
@@ -680,7 +713,9 @@ export async function restoreInto(imagesDir: string, target: CriuTarget, o: Rest
     for (const s of [i, so, se, ch]) s.destroy();
     throw new CriuError(`criu restore succeeded but PID ${meta.nsPid} is not in sandbox ${target.initPid}`);
   }
-  return new CriuInstance(hostPid, meta.nsPid, meta, i, so, se, ch, spans);
+  const inst = new CriuInstance(hostPid, meta.nsPid, meta, i, so, se, ch, spans);
+  inst.steps = steps;
+  return inst;
 }
 
 /** Makes and removes sandboxes for Use A. */

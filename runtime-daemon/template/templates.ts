@@ -1,9 +1,16 @@
 /**
  * mm-templates: build, store, staleness, and the live template processes.
  *   <state>/templates/<agent-name>/meta.json   TemplateMeta (the recipe: enough to rebuild after a restart)
- *   <state>/templates/<agent-name>/zygote.sock the zygote's socket (Python)
+ *   <state>/templates/<agent-name>/zygote.sock the zygote's socket (Python, kind 'zygote')
+ *   <state>/templates/<agent-name>/images/     CRIU images of the initialised Node shim (kind 'criu')
  * A template is stale when the agent's files, its preload list or the runtime changed; an invoke
  * rebuilds a stale template (and says so in the invocation's logs) before using it.
+ *
+ * Node cannot fork a zygote (threads), so a Node template is a CRIU checkpoint: the shim is started
+ * in a dedicated sandbox (from the `makeSandbox` callback), loads the agent, says `loaded` and
+ * blocks reading its event; CRIU dumps it (which ends it) and the sandbox is destroyed. Every
+ * invoke restores the images into the sandbox the pool gives it (criu.ts restoreInto). A CRIU
+ * template is "live" while its images exist: there is no process to keep running or restart.
  */
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
@@ -11,20 +18,47 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { TemplateInfo } from '../protocol/messages';
 import type { LoadedAgent } from '../manifest/manifest';
+import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
+import { criuAvailable, dump, launchForCheckpoint, META_FILE as CRIU_META_FILE } from './criu';
 import { Zygote } from './zygote';
+
+export type TemplateKind = 'zygote' | 'criu';
+
+/** The Node shim as the cold path starts it (see daemon/invoker.ts RUNTIMES). */
+export const NODE_SHIM_ARGV = ['/usr/bin/node', '/opt/trenv/runtimes/node/trenv-shim.js'];
 
 export interface TemplateMeta {
   name: string;
   agentDir: string;
   runtime: 'python' | 'node';
-  kind: 'zygote';
+  kind: TemplateKind;
   agentHash: string;
   runtimeVersion: string;
   preload: string[];
   builtAt: number;
   buildMs: number;
   skipped: string[];
+  /** kind 'criu': the dump (ms), the images' size, the shim's time from start to `loaded` */
+  criu?: { dumpMs: number; imagesBytes: number; readyMs: number; criuVersion?: string };
 }
+
+/** A sandbox to build a CRIU template in (a ContainerSandbox). */
+export interface BuildSandbox {
+  initPid: number;
+  cgroup: { procsFiles: string[] };
+}
+
+export interface TemplateManagerOptions<S extends BuildSandbox = BuildSandbox> {
+  /** a dedicated, fresh sandbox for this agent (its code at /app, its limits and network) */
+  makeSandbox(agent: LoadedAgent): Promise<S>;
+  destroySandbox(sb: S): Promise<void>;
+  /** the Node shim on the host (its hash is part of a Node template's runtime version) */
+  nodeShim?: string;
+}
+
+export type InvokeTemplate =
+  | { kind: 'zygote'; meta: TemplateMeta; zygote: Zygote; rebuilt?: string }
+  | { kind: 'criu'; meta: TemplateMeta; imagesDir: string; rebuilt?: string };
 
 export class TemplateError extends Error {}
 
@@ -60,12 +94,37 @@ export function agentHash(dir: string): string {
 }
 
 let pythonVersion: string | undefined;
-export function runtimeVersion(runtime: string): string {
+let nodeVersion: string | undefined;
+const shimHashes = new Map<string, { mtimeMs: number; size: number; hash: string }>();
+/**
+ * The runtime a template holds in memory. For Node (a CRIU image of the process) also the shim's
+ * hash: a changed shim must not keep running from old images.
+ */
+export function runtimeVersion(runtime: string, nodeShim?: string): string {
   if (runtime === 'python') {
     pythonVersion ??= execFileSync('/usr/bin/python3', ['-c', 'import sys; print(sys.version.split()[0])'], { encoding: 'utf8' }).trim();
     return `python ${pythonVersion}`;
   }
-  return `node ${process.versions.node}`;
+  try {
+    nodeVersion ??= execFileSync('/usr/bin/node', ['--version'], { encoding: 'utf8' }).trim().replace(/^v/, '');
+  } catch {
+    nodeVersion = process.versions.node;
+  }
+  let shim = '';
+  if (nodeShim) {
+    try {
+      const st = fs.statSync(nodeShim);
+      let c = shimHashes.get(nodeShim);
+      if (!c || c.mtimeMs !== st.mtimeMs || c.size !== st.size) {
+        c = { mtimeMs: st.mtimeMs, size: st.size, hash: crypto.createHash('sha256').update(fs.readFileSync(nodeShim)).digest('hex').slice(0, 12) };
+        shimHashes.set(nodeShim, c);
+      }
+      shim = `, shim ${c.hash}`;
+    } catch {
+      /* no shim file: version only */
+    }
+  }
+  return `node ${nodeVersion}${shim}`;
 }
 
 interface Live {
@@ -74,12 +133,44 @@ interface Live {
 }
 
 export class TemplateManager {
+  /** running zygotes (Python); CRIU templates have no process */
   private readonly live = new Map<string, Live>();
   private readonly building = new Map<string, Promise<TemplateMeta>>();
+  /** consecutive failed restores of a CRIU template (by name), see restoreFailed() */
+  private readonly failures = new Map<string, { builtAt: number; streak: number; message: string }>();
+  private criu: { ok: boolean; version?: string; reason?: string } | undefined;
   log: (m: string) => void = () => undefined;
 
-  constructor(private readonly dir: string, private readonly zygoteScript: string) {
+  constructor(
+    private readonly dir: string,
+    private readonly zygoteScript: string,
+    private readonly sandboxes?: TemplateManagerOptions,
+  ) {
     fs.mkdirSync(dir, { recursive: true });
+    // known before the first `template build` / invoke of a Node agent (criu check takes a moment)
+    if (sandboxes) void this.criuState();
+  }
+
+  private async criuState(): Promise<{ ok: boolean; version?: string; reason?: string }> {
+    this.criu ??= await criuAvailable().catch((e: Error) => ({ ok: false, reason: e.message }));
+    return this.criu;
+  }
+
+  private kindFor(runtime: string): TemplateKind {
+    return runtime === 'python' ? 'zygote' : 'criu';
+  }
+
+  private runtimeVersionOf(runtime: string): string {
+    return runtimeVersion(runtime, this.sandboxes?.nodeShim);
+  }
+
+  imagesDir(name: string): string {
+    return path.join(this.dir, name, 'images');
+  }
+
+  /** A CRIU template's images are complete (the trenv meta file is written after a successful dump). */
+  private imagesExist(name: string): boolean {
+    return fs.existsSync(path.join(this.imagesDir(name), CRIU_META_FILE)) && fs.existsSync(path.join(this.imagesDir(name), 'inventory.img'));
   }
 
   private metaFile(name: string): string {
@@ -98,15 +189,20 @@ export class TemplateManager {
   staleness(agent: LoadedAgent, meta: TemplateMeta | undefined): string | undefined {
     if (!meta) return 'no template';
     if (meta.agentDir !== agent.dir) return `the template was built from ${meta.agentDir}`;
-    if (meta.runtimeVersion !== runtimeVersion(agent.manifest.runtime)) return `the runtime changed (${meta.runtimeVersion} -> ${runtimeVersion(agent.manifest.runtime)})`;
+    if (meta.kind !== this.kindFor(agent.manifest.runtime)) return `the template kind changed (${meta.kind} -> ${this.kindFor(agent.manifest.runtime)})`;
+    const rv = this.runtimeVersionOf(agent.manifest.runtime);
+    if (meta.runtimeVersion !== rv) return `the runtime changed (${meta.runtimeVersion} -> ${rv})`;
     if (JSON.stringify(meta.preload) !== JSON.stringify(agent.manifest.preload ?? [])) return 'the preload list changed';
     if (meta.agentHash !== agentHash(agent.dir)) return "the agent's files changed";
     return undefined;
   }
 
+  /** Why this agent cannot have a template here (undefined: it can). */
   supports(agent: LoadedAgent): string | undefined {
-    if (agent.manifest.runtime !== 'python') {
-      return 'memory templates for Node need CRIU or the mm-template kernel module; not available yet for Node agents in this version';
+    if (agent.manifest.runtime === 'python') return undefined;
+    if (!this.sandboxes) return 'memory templates for Node agents are CRIU checkpoints, and this daemon was started without a sandbox factory for building them';
+    if (this.criu && !this.criu.ok) {
+      return `memory templates for Node agents need CRIU, which is not available here (${this.criu.reason ?? 'criu check failed'}); Node agents start cold. Run scripts/setup-criu.sh as root to enable them`;
     }
     return undefined;
   }
@@ -122,8 +218,10 @@ export class TemplateManager {
   }
 
   private async doBuild(agent: LoadedAgent, progress: (m: string) => void): Promise<TemplateMeta> {
+    if (this.kindFor(agent.manifest.runtime) === 'criu' && this.sandboxes) await this.criuState();
     const why = this.supports(agent);
     if (why) throw new TemplateError(why);
+    if (this.kindFor(agent.manifest.runtime) === 'criu') return this.buildCriu(agent, progress);
     const name = agent.manifest.name;
     const t0 = Date.now();
     progress(`building template ${name}: starting the runtime and loading ${agent.manifest.preload?.length ? agent.manifest.preload.join(', ') : 'the shim'}`);
@@ -141,19 +239,112 @@ export class TemplateManager {
       runtime: agent.manifest.runtime,
       kind: 'zygote',
       agentHash: agentHash(agent.dir),
-      runtimeVersion: runtimeVersion(agent.manifest.runtime),
+      runtimeVersion: this.runtimeVersionOf(agent.manifest.runtime),
       preload: agent.manifest.preload ?? [],
       builtAt: Date.now(),
       buildMs: Date.now() - t0,
       skipped,
     };
-    const tmp = `${this.metaFile(name)}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify(meta, null, 2));
-    fs.renameSync(tmp, this.metaFile(name));
+    this.writeMeta(meta);
     this.adopt(meta, zygote);
     for (const s of skipped) progress(`template ${name}: preload skipped: ${s}`);
     progress(`template ${name} ready in ${meta.buildMs} ms (zygote pid ${zygote.pid})`);
     return meta;
+  }
+
+  private writeMeta(meta: TemplateMeta): void {
+    const tmp = `${this.metaFile(meta.name)}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify(meta, null, 2));
+    fs.renameSync(tmp, this.metaFile(meta.name));
+  }
+
+  /** The environment the shim is started with, as in the cold path minus the per-invocation keys. */
+  private buildEnv(agent: LoadedAgent): Record<string, string> {
+    const m = agent.manifest;
+    return {
+      PATH: '/usr/local/bin:/usr/bin:/bin',
+      HOME: SANDBOX_HOME,
+      LANG: 'C.UTF-8',
+      ...Object.fromEntries(Object.entries(m.env ?? {}).map(([k, v]) => [k, String(v)])),
+      TRENV_HANDLER: m.handler,
+      TRENV_AGENT: m.name,
+    };
+  }
+
+  /**
+   * Node: start the shim in a dedicated sandbox, wait until it has loaded the agent and blocks on
+   * its event, dump it with CRIU (the dump ends it), destroy the sandbox. The images replace the
+   * previous ones only once complete.
+   */
+  private async buildCriu(agent: LoadedAgent, progress: (m: string) => void): Promise<TemplateMeta> {
+    const sbx = this.sandboxes!;
+    const name = agent.manifest.name;
+    const t0 = Date.now();
+    const tdir = path.join(this.dir, name);
+    fs.mkdirSync(tdir, { recursive: true, mode: 0o700 });
+    const images = this.imagesDir(name);
+    const tmpImages = path.join(tdir, `images.new-${process.pid}-${Date.now()}`);
+    progress(`building template ${name}: starting node in a new sandbox and loading ${agent.manifest.handler}`);
+    const sb = await sbx.makeSandbox(agent);
+    let launched: Awaited<ReturnType<typeof launchForCheckpoint>> | undefined;
+    let d: Awaited<ReturnType<typeof dump>>;
+    try {
+      const target = { initPid: sb.initPid, cgroupProcs: sb.cgroup.procsFiles };
+      launched = await launchForCheckpoint(target, {
+        argv: NODE_SHIM_ARGV,
+        env: this.buildEnv(agent),
+        cwd: '/app',
+        uid: SANDBOX_UID,
+        gid: SANDBOX_GID,
+        envelope: true,
+        timeoutMs: 30_000,
+      });
+      progress(`template ${name}: agent loaded in ${launched.readyMs.toFixed(0)} ms; checkpointing it with CRIU`);
+      d = await dump(launched.hostPid, tmpImages, { target, envelope: true, runtime: 'node', timeoutMs: 60_000 });
+    } catch (e) {
+      fs.rmSync(tmpImages, { recursive: true, force: true });
+      const out = launched?.output().trim();
+      throw new TemplateError(`building the CRIU template of ${name} failed: ${(e as Error).message}${out ? `\n--- shim output ---\n${out.slice(-2000)}` : ''}`);
+    } finally {
+      launched?.close();
+      await sbx.destroySandbox(sb).catch((e: Error) => this.log(`template ${name}: destroying the build sandbox: ${e.message}`));
+    }
+    // swap in the new images (a restore running from the old ones keeps its open directory)
+    const old = `${images}.old-${process.pid}-${Date.now()}`;
+    if (fs.existsSync(images)) fs.renameSync(images, old);
+    fs.renameSync(tmpImages, images);
+    fs.rmSync(old, { recursive: true, force: true });
+    const meta: TemplateMeta = {
+      name,
+      agentDir: agent.dir,
+      runtime: agent.manifest.runtime,
+      kind: 'criu',
+      agentHash: agentHash(agent.dir),
+      runtimeVersion: this.runtimeVersionOf(agent.manifest.runtime),
+      preload: agent.manifest.preload ?? [],
+      builtAt: Date.now(),
+      buildMs: Date.now() - t0,
+      skipped: [],
+      criu: { dumpMs: Math.round(d.ms), imagesBytes: d.bytes, readyMs: Math.round(launched.readyMs), criuVersion: d.meta.criuVersion },
+    };
+    this.writeMeta(meta);
+    this.failures.delete(name);
+    progress(`template ${name} ready in ${meta.buildMs} ms (CRIU images ${(d.bytes / 1048576).toFixed(1)} MiB, dump ${d.ms.toFixed(0)} ms)`);
+    return meta;
+  }
+
+  /**
+   * A restore from this CRIU template failed (the invoke started cold instead). The next invoke
+   * rebuilds it once; if the rebuilt one fails too, invokes start cold until it is rebuilt by hand
+   * (`trenv template build`) or the daemon restarts.
+   */
+  restoreFailed(meta: TemplateMeta, message: string): void {
+    const prev = this.failures.get(meta.name);
+    this.failures.set(meta.name, { builtAt: meta.builtAt, streak: (prev?.streak ?? 0) + 1, message: message.split('\n')[0] });
+  }
+
+  restoreOk(name: string): void {
+    this.failures.delete(name);
   }
 
   private adopt(meta: TemplateMeta, zygote: Zygote): void {
@@ -170,17 +361,31 @@ export class TemplateManager {
    * The template to start an instance of this agent from: current (rebuilt when stale, restarted
    * from its recipe after a daemon restart), or undefined when the agent has none.
    */
-  async forInvoke(agent: LoadedAgent, progress: (m: string) => void): Promise<{ meta: TemplateMeta; zygote: Zygote; rebuilt?: string } | undefined> {
+  async forInvoke(agent: LoadedAgent, progress: (m: string) => void): Promise<InvokeTemplate | undefined> {
     const name = agent.manifest.name;
     const meta = this.live.get(name)?.meta ?? this.readMeta(name);
     if (!meta) return undefined;
     const stale = this.staleness(agent, meta);
+    if (meta.kind === 'criu' || this.kindFor(agent.manifest.runtime) === 'criu') {
+      const f = this.failures.get(name);
+      let reason = stale;
+      if (!reason && !this.imagesExist(name)) reason = 'its CRIU images are missing';
+      if (!reason && f && f.builtAt === meta.builtAt) {
+        if (f.streak > 1) {
+          throw new TemplateError(`restoring template ${name} failed ${f.streak} times in a row (last: ${f.message}); rebuild it with \`trenv template build\``);
+        }
+        reason = `the last restore from it failed (${f.message})`;
+      }
+      if (!reason) return { kind: 'criu', meta, imagesDir: this.imagesDir(name) };
+      const m = await this.build(agent, progress);
+      return { kind: 'criu', meta: m, imagesDir: this.imagesDir(name), rebuilt: reason };
+    }
     const live = this.live.get(name);
-    if (!stale && live?.zygote.alive) return live;
+    if (!stale && live?.zygote.alive) return { kind: 'zygote', ...live };
     const reason = stale ?? 'its zygote is not running (daemon restart or crash)';
     const m = await this.build(agent, progress);
     const l = this.live.get(m.name)!;
-    return { ...l, rebuilt: reason };
+    return { kind: 'zygote', ...l, rebuilt: reason };
   }
 
   list(): TemplateInfo[] {
@@ -204,7 +409,7 @@ export class TemplateManager {
         agentHash: meta.agentHash,
         runtimeVersion: meta.runtimeVersion,
         preload: meta.preload,
-        live: !!live?.zygote.alive,
+        live: meta.kind === 'criu' ? this.imagesExist(n) : !!live?.zygote.alive,
         pid: live?.zygote.pid,
         memory: mem ? { t: Date.now(), ...mem, processes: 1 } : undefined,
       };
@@ -222,6 +427,7 @@ export class TemplateManager {
     if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) return false;
     const existed = this.live.has(name) || fs.existsSync(this.metaFile(name));
     await this.stopLive(name);
+    this.failures.delete(name);
     fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
     return existed;
   }

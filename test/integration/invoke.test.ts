@@ -103,3 +103,15 @@ test('kill ends a running invocation as killed', async () => {
   const r = await p;
   assert.equal(r.state, 'killed');
 });
+
+test('a streaming client that leaves right after its result does not disturb the daemon', async () => {
+  const { spawnSync } = await import('node:child_process');
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(process.execPath, [path.join(__dirname, '../../../dist/trenv.js'), '--state-dir', d.stateDir, 'invoke', path.join(EXAMPLES, 'py-text-stats'), '--event', '{"text": "a b c."}'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+  }
+  await new Promise((ok) => setTimeout(ok, 500)); // cleanup spans are sent after the record ends
+  const st = await d.client.rpc.sendRequest(Methods.status);
+  assert.equal(st.pid, d.proc.pid);
+  assert.doesNotMatch(d.log(), /internal error|unhandled rejection/);
+});

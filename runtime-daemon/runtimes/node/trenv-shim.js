@@ -27,8 +27,11 @@
  * CRIU restores the same PID) and the same frozen environment. stdin then carries
  * an envelope instead of the bare event:
  *   {"trenv": {"seed": "<hex, >= 16 bytes>", "env": {"TRENV_INVOCATION_ID": "..."}}, "event": <event>}
- * and before the handler runs the shim applies `env` (TRENV_* keys only) and, if a
- * seed is given, re-seeds (see reseed()). Without the variable nothing changes.
+ * and before the handler runs the shim applies `env` (every key: it is the daemon's
+ * per-invocation environment, the same the cold path passes to exec, e.g. the
+ * manifest's and the caller's OPENAI_BASE_URL; only TRENV_EVENT_ENVELOPE itself is
+ * kept) and, if a seed is given, re-seeds (see reseed()). Without the variable
+ * nothing changes.
  */
 const fs = require('node:fs');
 const path = require('node:path');
@@ -354,7 +357,7 @@ function openEnvelope(msg, chan) {
   }
   const { seed, env } = msg.trenv;
   for (const [k, v] of Object.entries(env ?? {})) {
-    if (k.startsWith('TRENV_') && k !== 'TRENV_EVENT_ENVELOPE') process.env[k] = String(v);
+    if (k !== 'TRENV_EVENT_ENVELOPE') process.env[k] = String(v);
   }
   if (seed !== undefined) chan.send('log', { level: 'debug', msg: 'trenv: re-seeded', fields: reseed(seed) });
   return msg.event === undefined ? {} : msg.event;
