@@ -253,6 +253,15 @@ export class Invoker extends EventEmitter {
         ...(note ? { note } : {}),
       };
     };
+    // A span's sandbox state (processes, memory from smaps) takes a millisecond or so to read: it
+    // is taken right after the current step, off the invocation's critical path, and the spans
+    // keep their order. finish() drains what is still pending.
+    const pendingSpans: Array<() => void> = [];
+    let drainScheduled = false;
+    const drainSpans = () => {
+      drainScheduled = false;
+      for (let f = pendingSpans.shift(); f; f = pendingSpans.shift()) f();
+    };
     const span = (name: string, startNs: bigint, endNs: bigint, attrs?: TraceSpan['attrs'], note?: string) => {
       const s: TraceSpan = {
         invocationId: id,
@@ -261,20 +270,27 @@ export class Invoker extends EventEmitter {
         endNs: endNs.toString(),
         durationMs: Number(endNs - startNs) / 1e6,
         ...(attrs ? { attrs } : {}),
-        state: stateOf(note),
       };
-      this.store.append(id, 'trace', s);
-      this.emit('span', s);
-      // short handlers end before the first periodic sample: span ends are samples too
-      if (s.state?.memory && s.state.memory.processes > 0) {
-        this.store.append(id, 'memory', s.state.memory);
-        this.emit('memory', id, s.state.memory);
+      pendingSpans.push(() => {
+        s.state = stateOf(note);
+        this.store.append(id, 'trace', s);
+        this.emit('span', s);
+        // short handlers end before the first periodic sample: span ends are samples too
+        if (s.state?.memory && s.state.memory.processes > 0) {
+          this.store.append(id, 'memory', s.state.memory);
+          this.emit('memory', id, s.state.memory);
+        }
+      });
+      if (!drainScheduled) {
+        drainScheduled = true;
+        setImmediate(drainSpans);
       }
     };
     const nativeSpans = (prefix: string, spans: NativeSpan[]) => {
       for (const s of spans) span(`${prefix}.${s.name}`, s.startNs, s.endNs);
     };
     const finish = (state: InvocationState, extra: Partial<InvocationRecord>) => {
+      drainSpans();
       record.state = state;
       record.endedAt = Date.now();
       record.durationMs = record.endedAt - record.createdAt;
@@ -403,7 +419,11 @@ export class Invoker extends EventEmitter {
       switch (msg.t) {
         case 'loaded':
           tLoaded = mono;
-          span(zygoteSocket ? 'agent.load' : 'runtime.load', tStarted || tRunSent, mono, { runtime: m.runtime });
+          {
+            // the instance's own clock (chan) can be ahead of sandboxd's `started` timestamp
+            const from = tStarted || tRunSent;
+            span(zygoteSocket ? 'agent.load' : 'runtime.load', from < mono ? from : mono, mono, { runtime: m.runtime });
+          }
           break;
         case 'start':
           tHandler = mono;

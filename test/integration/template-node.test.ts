@@ -1,0 +1,266 @@
+/**
+ * Memory templates for Node agents: CRIU checkpoints of the initialised shim, restored INTO the
+ * sandbox the pool gives each invocation (real daemon, real sandboxes, real CRIU).
+ * Skipped (with the reason) only when scripts/setup-criu.sh cannot make CRIU work here.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { InvocationDetail, Methods, TraceSpan } from '../../runtime-daemon/protocol/messages';
+import { criuPath } from '../../runtime-daemon/template/criu';
+import { copyAgent, EXAMPLES, ROOT, processesOfInstance, startDaemon, TestDaemon, waitFor } from './harness';
+
+function criuWorks(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root';
+  const check = () => spawnSync(criuPath(), ['check'], { encoding: 'utf8', timeout: 30_000 });
+  let c = fs.existsSync(criuPath()) ? check() : undefined;
+  if (!c || !/Looks good/.test(`${c.stdout}${c.stderr}`)) {
+    const s = spawnSync(path.join(ROOT, 'scripts/setup-criu.sh'), [], { encoding: 'utf8', timeout: 600_000 });
+    if (s.status !== 0) return `scripts/setup-criu.sh failed: ${`${s.stdout}${s.stderr}`.trim().split('\n').slice(-3).join(' | ')}`;
+    c = check();
+    if (!/Looks good/.test(`${c.stdout}${c.stderr}`)) return `criu check fails after scripts/setup-criu.sh: ${`${c.stdout}${c.stderr}`.trim().split('\n').slice(-3).join(' | ')}`;
+  }
+  return undefined;
+}
+const skipWhy = criuWorks();
+if (skipWhy) console.log(`# template-node: SKIPPED, CRIU does not work here: ${skipWhy}`);
+const opts = { skip: skipWhy ? `CRIU unavailable: ${skipWhy}` : false };
+
+let d: TestDaemon;
+let llm: { port: number; requests: unknown[]; close(): Promise<void> | void };
+const tmpAgents: string[] = [];
+const JSON_T = path.join(EXAMPLES, 'node-json-transform');
+const event = (a: string) => JSON.parse(fs.readFileSync(path.join(EXAMPLES, a, '.trenv/events/default.json'), 'utf8'));
+const detail = (id: string): Promise<InvocationDetail> => d.client.rpc.sendRequest(Methods.getInvocation, { id });
+const spanNames = (det: InvocationDetail) => det.trace.map((s: TraceSpan) => s.name);
+const build = (agentDir: string) => d.client.rpc.sendRequest(Methods.buildTemplate, { agentDir });
+const report: string[] = [];
+
+/** A copy of node-json-transform with an extra handler file. */
+function agentWith(name: string, file: string, code: string, limits?: Record<string, number>): string {
+  const dir = copyAgent(JSON_T, (m) => {
+    m.name = name;
+    m.handler = `${file}:handler`;
+    if (limits) m.limits = { ...(m.limits as object), ...limits };
+  });
+  fs.writeFileSync(path.join(dir, file), code);
+  fs.chmodSync(path.join(dir, file), 0o644);
+  tmpAgents.push(dir);
+  return dir;
+}
+
+before(async () => {
+  if (skipWhy) return;
+  d = await startDaemon();
+  const mod = await import(pathToFileURL(path.join(ROOT, 'test/fixtures/llm-server.mjs')).href);
+  llm = await mod.startLlmServer({ port: 0 });
+});
+after(async () => {
+  if (report.length) console.log(report.map((l) => `# ${l}`).join('\n'));
+  await d?.stop();
+  await llm?.close();
+  for (const a of tmpAgents) fs.rmSync(a, { recursive: true, force: true });
+});
+
+test('a Node template is a CRIU checkpoint; an instance restored from it gives the cold result, with restore spans', opts, async () => {
+  const t = await build(JSON_T);
+  assert.equal(t.kind, 'criu');
+  assert.equal(t.live, true);
+  const tdir = path.join(d.stateDir, 'templates', 'node-json-transform');
+  const meta = JSON.parse(fs.readFileSync(path.join(tdir, 'meta.json'), 'utf8'));
+  for (const k of ['agentHash', 'runtimeVersion', 'builtAt', 'buildMs', 'kind']) assert.ok(meta[k] !== undefined, `meta.${k}`);
+  assert.ok(fs.existsSync(path.join(tdir, 'images', 'inventory.img')), 'CRIU images under <state>/templates/<name>/images');
+  report.push(`build node-json-transform: ${meta.buildMs} ms (shim ready ${meta.criu.readyMs} ms, dump ${meta.criu.dumpMs} ms, images ${(meta.criu.imagesBytes / 1048576).toFixed(1)} MiB)`);
+
+  const cold = await d.invoke({ agentDir: JSON_T, event: event('node-json-transform'), template: false });
+  assert.equal(cold.state, 'succeeded', JSON.stringify(cold.error));
+  assert.equal(cold.template, undefined);
+  const runs = [];
+  for (let i = 0; i < 3; i++) runs.push(await d.invoke({ agentDir: JSON_T, event: event('node-json-transform') }));
+  for (const warm of runs) {
+    assert.equal(warm.state, 'succeeded', JSON.stringify(warm.error));
+    assert.equal(warm.template, 'node-json-transform');
+    assert.deepEqual(warm.result, cold.result);
+    const det = await detail(warm.id);
+    const names = spanNames(det);
+    for (const n of ['template.pick', 'template.restore', 'template.restore.fifo', 'template.restore.criu', 'template.restore.find', 'handler.start', 'handler.run']) {
+      assert.ok(names.includes(n), `${n} in ${names}`);
+    }
+    assert.ok(!names.includes('process.start') && !names.includes('runtime.load'), `no cold start: ${names}`);
+    assert.ok(det.logs.some((l) => /invocation succeeded/.test(l.text)));
+    const ms = (n: string) => det.trace.find((s) => s.name === n)!.durationMs.toFixed(1);
+    report.push(
+      `restore (${warm.start}): template.restore ${ms('template.restore')} ms = fifo ${ms('template.restore.fifo')} + criu ${ms('template.restore.criu')} + find ${ms('template.restore.find')}; handler.start ${ms('handler.start')} ms; invocation ${warm.durationMs} ms (cold ${cold.durationMs} ms)`,
+    );
+  }
+  const cd = await detail(cold.id);
+  report.push(`cold trace: ${cd.trace.map((s) => `${s.name} ${s.durationMs.toFixed(1)}`).join(', ')}`);
+});
+
+test('restored instances are re-seeded: different Math.random() and crypto.randomUUID()', opts, async () => {
+  const dir = agentWith(
+    'node-rand',
+    'rand.js',
+    `'use strict';\nconst crypto = require('node:crypto');\nconst atLoad = Math.random();\nexports.handler = async (event, ctx) => ({ random: Math.random(), uuid: crypto.randomUUID(), bytes: crypto.randomBytes(8).toString('hex'), atLoad, id: process.env.TRENV_INVOCATION_ID, ctxId: ctx.invocationId });\n`,
+  );
+  await build(dir);
+  const [a, b] = await Promise.all([d.invoke({ agentDir: dir, event: {} }), d.invoke({ agentDir: dir, event: {} })]);
+  for (const r of [a, b]) {
+    assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+    assert.equal(r.template, 'node-rand');
+  }
+  const ra = a.result as Record<string, unknown>;
+  const rb = b.result as Record<string, unknown>;
+  for (const k of ['random', 'uuid', 'bytes']) assert.notEqual(ra[k], rb[k], `${k} differs between clones`);
+  assert.equal(ra.atLoad, rb.atLoad, 'values computed before the checkpoint are part of the template');
+  assert.equal(ra.id, a.id, 'per-invocation env reaches the handler');
+  assert.equal(ra.ctxId, a.id);
+});
+
+test('an egress agent works from a template; user env (OPENAI_BASE_URL) reaches the handler', opts, async () => {
+  const agentDir = path.join(EXAMPLES, 'node-tool-agent');
+  const t = await build(agentDir);
+  assert.equal(t.kind, 'criu');
+  const env = { OPENAI_BASE_URL: `http://10.0.2.2:${llm.port}/v1` };
+  const before = llm.requests.length;
+  const r = await d.invoke({ agentDir, event: event('node-tool-agent'), env });
+  assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+  assert.equal(r.template, 'node-tool-agent');
+  assert.ok(llm.requests.length > before + 1, 'the fake LLM server saw the calls');
+  const cold = await d.invoke({ agentDir, event: event('node-tool-agent'), env, template: false });
+  assert.equal(cold.state, 'succeeded', JSON.stringify(cold.error));
+  assert.deepEqual(r.result, cold.result);
+  const dur = async (id: string, n: string) => (await detail(id)).trace.find((s) => s.name === n)?.durationMs.toFixed(1);
+  report.push(
+    `node-tool-agent: template.restore ${await dur(r.id, 'template.restore')} ms + handler.start ${await dur(r.id, 'handler.start')} ms vs cold process.start ${await dur(cold.id, 'process.start')} + runtime.load ${await dur(cold.id, 'runtime.load')} + handler.start ${await dur(cold.id, 'handler.start')} ms`,
+  );
+});
+
+test('memory of a restored instance vs a cold one (PSS)', opts, async () => {
+  const dir = agentWith('node-mem', 'mem.js', `'use strict';\nrequire('node:zlib');\nexports.handler = async () => { await new Promise((r) => setTimeout(r, 700)); return { ok: true }; };\n`);
+  await build(dir);
+  const pss = async (template: boolean) => {
+    const rs = await Promise.all([1, 2, 3].map(() => d.invoke({ agentDir: dir, event: {}, template })));
+    const out = [];
+    for (const r of rs) {
+      assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+      assert.equal(r.template, template ? 'node-mem' : undefined);
+      const m = (await detail(r.id)).memory.filter((s) => s.processes > 0);
+      const mid = m[Math.floor(m.length / 2)];
+      out.push(mid);
+    }
+    return out;
+  };
+  const warm = await pss(true);
+  const cold = await pss(false);
+  const avg = (xs: Array<{ pssKb: number; rssKb: number }>, k: 'pssKb' | 'rssKb') => (xs.reduce((a, x) => a + x[k], 0) / xs.length / 1024).toFixed(1);
+  report.push(`memory, 3 concurrent instances, mid-handler: restored PSS ${avg(warm, 'pssKb')} MiB RSS ${avg(warm, 'rssKb')} MiB; cold PSS ${avg(cold, 'pssKb')} MiB RSS ${avg(cold, 'rssKb')} MiB`);
+});
+
+test('stale, missing and corrupt templates: rebuilt, rebuilt, cold fallback in the same invocation', opts, async () => {
+  const agent = copyAgent(JSON_T, (m) => (m.name = 'node-stale'));
+  tmpAgents.push(agent);
+  const tdir = path.join(d.stateDir, 'templates', 'node-stale');
+  const t1 = await build(agent);
+  // stale: the agent's files changed
+  fs.appendFileSync(path.join(agent, 'index.js'), '\n// changed\n');
+  const r1 = await d.invoke({ agentDir: agent, event: event('node-json-transform') });
+  assert.equal(r1.state, 'succeeded', JSON.stringify(r1.error));
+  assert.equal(r1.template, 'node-stale');
+  assert.ok((await detail(r1.id)).logs.some((l) => /was rebuilt: the agent's files changed/.test(l.text)));
+  const t2 = (await d.client.rpc.sendRequest(Methods.listTemplates)).find((t) => t.name === 'node-stale')!;
+  assert.ok(t2.builtAt > t1.builtAt);
+  // missing images: rebuilt from the recipe
+  fs.rmSync(path.join(tdir, 'images'), { recursive: true, force: true });
+  assert.equal((await d.client.rpc.sendRequest(Methods.listTemplates)).find((t) => t.name === 'node-stale')!.live, false);
+  const r2 = await d.invoke({ agentDir: agent, event: event('node-json-transform') });
+  assert.equal(r2.state, 'succeeded', JSON.stringify(r2.error));
+  assert.equal(r2.template, 'node-stale');
+  assert.ok((await detail(r2.id)).logs.some((l) => /was rebuilt: its CRIU images are missing/.test(l.text)));
+  // corrupt images: the restore fails, the same invocation starts cold and says so
+  const img = fs.readdirSync(path.join(tdir, 'images')).find((f) => /^core-\d+\.img$/.test(f))!;
+  fs.writeFileSync(path.join(tdir, 'images', img), 'garbage');
+  const r3 = await d.invoke({ agentDir: agent, event: event('node-json-transform') });
+  assert.equal(r3.state, 'succeeded', JSON.stringify(r3.error));
+  assert.equal(r3.template, undefined, 'not from the template');
+  assert.deepEqual(r3.result, r1.result);
+  const det3 = await detail(r3.id);
+  const rs = det3.trace.find((s) => s.name === 'template.restore')!;
+  assert.equal(rs.attrs?.result, 'failed');
+  assert.ok(String(rs.attrs?.error ?? '').length > 0);
+  assert.ok(spanNames(det3).includes('process.start') && spanNames(det3).includes('runtime.load'), `cold start spans: ${spanNames(det3)}`);
+  assert.ok(det3.logs.some((l) => /restoring template node-stale failed .*starting the runtime cold/.test(l.text)));
+  // the next invoke rebuilds it
+  const r4 = await d.invoke({ agentDir: agent, event: event('node-json-transform') });
+  assert.equal(r4.template, 'node-stale');
+  assert.ok((await detail(r4.id)).logs.some((l) => /was rebuilt: the last restore from it failed/.test(l.text)));
+  // delete: nothing left, cold starts
+  assert.equal((await d.client.rpc.sendRequest(Methods.deleteTemplate, { name: 'node-stale' })).deleted, true);
+  assert.ok(!fs.existsSync(tdir));
+  const r5 = await d.invoke({ agentDir: agent, event: event('node-json-transform') });
+  assert.equal(r5.state, 'succeeded');
+  assert.equal(r5.template, undefined);
+});
+
+test('time limit, kill and OOM of a restored handler', opts, async () => {
+  const dir = agentWith(
+    'node-limits',
+    'slow.js',
+    `'use strict';\nexports.handler = async (e) => { if (e.mb) { const a = []; for (let i = 0; i < e.mb; i++) a.push(Buffer.alloc(1 << 20, i)); return a.length; } await new Promise((r) => setTimeout(r, e.ms)); return 'late'; };\n`,
+    { timeoutMs: 1500, memoryMb: 96 },
+  );
+  await build(dir);
+  const t = await d.invoke({ agentDir: dir, event: { ms: 20_000 } });
+  assert.equal(t.state, 'timeout', JSON.stringify(t));
+  assert.equal(t.template, 'node-limits');
+  assert.ok(t.durationMs! < 6000, `ended at the limit: ${t.durationMs} ms`);
+  // trenv/kill
+  const p = d.invoke({ agentDir: dir, event: { ms: 1200 } });
+  let id: string | undefined;
+  for (let i = 0; i < 200 && !id; i++) {
+    const l = await d.client.rpc.sendRequest(Methods.listInvocations, { limit: 5 });
+    id = l.find((x) => x.agent === 'node-limits' && x.state === 'running')?.id;
+    if (!id) await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.ok(id, 'the invocation runs');
+  assert.equal((await d.client.rpc.sendRequest(Methods.kill, { id })).killed, true);
+  const k = await p;
+  assert.equal(k.state, 'killed', JSON.stringify(k));
+  // OOM: the restored process is in the sandbox's memory cgroup
+  const o = await d.invoke({ agentDir: dir, event: { mb: 400 } });
+  assert.equal(o.state, 'oom', JSON.stringify(o));
+  assert.equal(o.template, 'node-limits');
+});
+
+test('templates survive a daemon restart (nothing to restart: the images are the template)', opts, async () => {
+  await d.stop();
+  d = await startDaemon(d.stateDir);
+  const list = await d.client.rpc.sendRequest(Methods.listTemplates);
+  assert.ok(list.some((t) => t.name === 'node-json-transform' && t.kind === 'criu' && t.live));
+  const r = await d.invoke({ agentDir: JSON_T, event: event('node-json-transform') });
+  assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+  assert.equal(r.template, 'node-json-transform');
+  assert.ok(!(await detail(r.id)).logs.some((l) => /was rebuilt/.test(l.text)), 'used as it is');
+});
+
+test('no leftovers: only sandbox inits in the cgroups, no images of deleted templates', opts, async () => {
+  for (const n of ['node-rand', 'node-mem', 'node-limits', 'node-tool-agent']) {
+    assert.equal((await d.client.rpc.sendRequest(Methods.deleteTemplate, { name: n })).deleted, true, n);
+  }
+  const names = fs.readdirSync(path.join(d.stateDir, 'templates'));
+  assert.deepEqual(names.sort(), ['node-json-transform'].sort(), `templates dir: ${names}`);
+  assert.deepEqual(
+    fs.readdirSync(path.join(d.stateDir, 'templates', 'node-json-transform')).filter((f) => f.startsWith('images.')),
+    [],
+    'no half-built image dirs',
+  );
+  const instance = d.paths.instanceId;
+  await new Promise((r) => setTimeout(r, 300)); // sandbox cleanup runs after the record ends
+  const inits = new Set((await d.client.rpc.sendRequest(Methods.listSandboxes)).map((s) => s.hostPid));
+  await waitFor(() => processesOfInstance(instance).every((p) => inits.has(p)), 5000, 'only sandbox inits in the cgroups');
+  await d.stop();
+  await waitFor(() => processesOfInstance(instance).length === 0, 5000, 'no processes after stop');
+});
