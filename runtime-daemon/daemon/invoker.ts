@@ -248,7 +248,7 @@ export class Invoker extends EventEmitter {
       return {
         processes: pids.length,
         appDir: sb.appDir,
-        template: undefined,
+        template: record.template,
         memory: sampleProcesses(pids, sb.cgroup.usageBytes()),
         ...(note ? { note } : {}),
       };

@@ -126,7 +126,8 @@ export function manifestDiagnostics(doc: TextDocument, file: string): LspDiagnos
   const root = jsonc.parseTree(text);
   const value = JSON.parse(JSON.stringify(parsed.value)); // validation fills defaults: keep the document's value clean
   const diags = validateManifest(value);
-  if (!diags.length) diags.push(...checkHandler(path.dirname(file), value as Manifest));
+  // the handler can be checked whenever the fields it depends on are themselves valid
+  if (!diags.some((d) => d.path === '/handler' || d.path === '/runtime')) diags.push(...checkHandler(path.dirname(file), value as Manifest));
   for (const d of diags) {
     out.push({
       range: rangeOf(doc, root, d.path),
