@@ -4,11 +4,13 @@
  */
 import { benchContainer } from './container';
 import { benchTemplates } from './templates';
+import { benchEditor } from './editor';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   container: () => benchContainer(),
   templates: () => benchTemplates(),
+  editor: () => benchEditor(),
 };
 
 async function main(): Promise<void> {

@@ -131,7 +131,8 @@ class Runner {
 
   /** Starts n instances that stay alive, measures their memory at once, then lets them end. */
   async liveMemory(system: System, a: Agent, n: number): Promise<{ pssKb: number; cgroupKb: number; instances: number }> {
-    const holdMs = 2500 + n * 150;
+    // long enough for the slowest system to have all n handlers running at once
+    const holdMs = 4000 + n * 300;
     const event = { hold_ms: holdMs };
     if (system === 'criu') {
       if (!this.criu) return { pssKb: NaN, cgroupKb: NaN, instances: 0 };
@@ -307,7 +308,7 @@ export async function benchTemplates(): Promise<MetricRow[]> {
       for (const sys of SYSTEMS) {
         const cells = liveN.map((k) => mem[`${sys}.${rt}.${k}`]);
         if (!cells[0]) continue;
-        memTable.push([rt, sys, ...cells.flatMap((c) => [c.pssKb / 1024, c.cgroupKb / 1024])]);
+        memTable.push([rt, sys, ...cells.flatMap((c, i) => [c.pssKb / 1024, c.cgroupKb / 1024, `${c.instances}/${liveN[i]}`])]);
       }
     }
     const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? a / b : NaN);
@@ -336,7 +337,7 @@ export async function benchTemplates(): Promise<MetricRow[]> {
       '',
       `## Memory of N live instances (MiB): sum of PSS / sum of cgroup usage`,
       '',
-      mdTable(['runtime', 'system', ...liveN.flatMap((k) => [`PSS N=${k}`, `cgroup N=${k}`])], memTable),
+      mdTable(['runtime', 'system', ...liveN.flatMap((k) => [`PSS N=${k}`, `cgroup N=${k}`, `live at N=${k}`])], memTable),
       '',
       '## Ratios',
       '',
