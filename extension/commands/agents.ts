@@ -2,17 +2,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { agentDirOf } from '../../runtime-daemon/manifest/agentDir';
 
-export function agentDirOfFile(file: string): string | undefined {
-  let d = path.dirname(file);
-  for (let i = 0; i < 4; i++) {
-    if (fs.existsSync(path.join(d, 'trenv.json'))) return d;
-    const up = path.dirname(d);
-    if (up === d) break;
-    d = up;
-  }
-  return undefined;
-}
+export const agentDirOfFile = agentDirOf;
 
 export async function pickAgent(arg?: unknown): Promise<string | undefined> {
   if (typeof arg === 'string' && fs.existsSync(path.join(arg, 'trenv.json'))) return arg;

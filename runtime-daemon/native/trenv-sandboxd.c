@@ -2292,6 +2292,33 @@ static void cmd_kill(struct field *f, size_t nf)
 		emit_error(f[1].p, f[2].p, "send to init: %s", strerror(errno));
 }
 
+/* The sandbox `name` if it exists and can take a command now (no active run, init alive); else
+ * the error is emitted and NULL returned. */
+static struct sandbox *sb_idle(const char *name)
+{
+	struct sandbox *sb = sb_find(name);
+	if (!sb)
+		emit_error(name, NULL, "no such sandbox");
+	else if (sb->run)
+		emit_error(name, NULL, "sandbox is busy (a run is active)");
+	else if (sb->ctl < 0)
+		emit_error(name, NULL, "sandbox init is gone");
+	else
+		return sb;
+	return NULL;
+}
+
+/* Catches a wrong app dir before anything in the sandbox is torn down. */
+static bool app_is_dir(const char *name, const char *app)
+{
+	struct stat st;
+	if (stat(app, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		emit_error(name, NULL, "app %s: not a directory", app);
+		return false;
+	}
+	return true;
+}
+
 /*
  * The `app` step shared by reset and swap: clone the app tree here, in the host mount namespace
  * (init can no longer see host paths), lock it read-only, and hand the detached mount to init,
@@ -2348,24 +2375,11 @@ static void cmd_swap(struct field *f, size_t nf)
 		emit_error(name, NULL, "swap: want app=<dir>");
 		return;
 	}
-	struct sandbox *sb = sb_find(name);
-	if (!sb) {
-		emit_error(name, NULL, "no such sandbox");
+	struct sandbox *sb = sb_idle(name);
+	if (!sb)
 		return;
-	}
-	if (sb->run) {
-		emit_error(name, NULL, "sandbox is busy (a run is active)");
+	if (!app_is_dir(name, app))
 		return;
-	}
-	if (sb->ctl < 0) {
-		emit_error(name, NULL, "sandbox init is gone");
-		return;
-	}
-	struct stat st;
-	if (stat(app, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		emit_error(name, NULL, "app %s: not a directory", app);
-		return;
-	}
 	uint64_t a0, a1;
 	if (!sb_swap_app(sb, name, app, &a0, &a1))
 		return;
@@ -2400,25 +2414,12 @@ static void cmd_reset(struct field *f, size_t nf)
 			return;
 		}
 	}
-	struct sandbox *sb = sb_find(name);
-	if (!sb) {
-		emit_error(name, NULL, "no such sandbox");
+	struct sandbox *sb = sb_idle(name);
+	if (!sb)
 		return;
-	}
-	if (sb->run) {
-		emit_error(name, NULL, "sandbox is busy (a run is active)");
-		return;
-	}
-	if (sb->ctl < 0) {
-		emit_error(name, NULL, "sandbox init is gone");
-		return;
-	}
 	/* Catch the common mistake before tearing the old root down. */
-	struct stat st;
-	if (app && (stat(app, &st) < 0 || !S_ISDIR(st.st_mode))) {
-		emit_error(name, NULL, "app %s: not a directory", app);
+	if (app && !app_is_dir(name, app))
 		return;
-	}
 	/* A prepared waiter is chrooted into the root we are about to replace. */
 	prep_discard(sb, "discarded by reset", true);
 	char err[1024];

@@ -220,29 +220,18 @@ export class Sandboxd extends EventEmitter {
   }
 
   run(sbx: string, run: string, o: RunOptions, h: RunHandlers): void {
-    const key = `${sbx}/${run}`;
-    if (this.runs.has(key)) throw new SandboxdError(`run ${run} already active in ${sbx}`);
-    const fields: Array<string | Buffer> = ['run', sbx, run];
-    for (const a of o.argv) fields.push(`arg=${a}`);
-    for (const e of o.env) fields.push(`env=${e}`);
-    fields.push(`cwd=${o.cwd}`, `uid=${o.uid}`, `gid=${o.gid}`);
-    fields.push(Buffer.concat([Buffer.from('stdin='), o.stdin]));
-    this.runs.set(key, h);
-    try {
-      this.send(fields);
-    } catch (e) {
-      this.runs.delete(key);
-      throw e;
-    }
+    this.startRun(['run', sbx, run, ...o.argv.map((a) => `arg=${a}`)], sbx, run, o, h);
   }
 
   /** Like run, but the process is forked by a template's zygote and joins this sandbox. */
   spawn(sbx: string, run: string, zygoteSocket: string, o: Omit<RunOptions, 'argv'>, h: RunHandlers): void {
+    this.startRun(['spawn', sbx, run, `zygote=${zygoteSocket}`], sbx, run, o, h);
+  }
+
+  private startRun(head: string[], sbx: string, run: string, o: Omit<RunOptions, 'argv'>, h: RunHandlers): void {
     const key = `${sbx}/${run}`;
     if (this.runs.has(key)) throw new SandboxdError(`run ${run} already active in ${sbx}`);
-    const fields: Array<string | Buffer> = ['spawn', sbx, run, `zygote=${zygoteSocket}`];
-    for (const e of o.env) fields.push(`env=${e}`);
-    fields.push(`cwd=${o.cwd}`, `uid=${o.uid}`, `gid=${o.gid}`);
+    const fields: Array<string | Buffer> = [...head, ...o.env.map((e) => `env=${e}`), `cwd=${o.cwd}`, `uid=${o.uid}`, `gid=${o.gid}`];
     fields.push(Buffer.concat([Buffer.from('stdin='), o.stdin]));
     this.runs.set(key, h);
     try {

@@ -25,6 +25,7 @@ import {
   type Diagnostic as LspDiagnostic,
 } from 'vscode-languageserver';
 import { TextDocument } from 'vscode-languageserver-textdocument';
+import { agentDirOf } from '../manifest/agentDir';
 import { checkHandler, Manifest, parseManifestText, validateManifest } from '../manifest/manifest';
 import schema from '../protocol/trenv.schema.json';
 
@@ -48,18 +49,6 @@ export function createClientConnection(reader: MessageReader, writer: MessageWri
   const quiet = { error: () => undefined, warn: () => undefined, info: () => undefined, log: () => undefined };
   const conn = createConnection(() => createProtocolConnection(reader, writer, quiet), watchDog) as unknown as Connection;
   return conn;
-}
-
-/** Finds the agent folder (with trenv.json) that owns a file: the file's folder or up to 3 parents. */
-export function agentDirOf(file: string): string | undefined {
-  let d = path.dirname(file);
-  for (let i = 0; i < 4; i++) {
-    if (fs.existsSync(path.join(d, 'trenv.json'))) return d;
-    const up = path.dirname(d);
-    if (up === d) break;
-    d = up;
-  }
-  return undefined;
 }
 
 function readManifestLoose(dir: string): Manifest | undefined {
