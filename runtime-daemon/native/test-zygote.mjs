@@ -342,6 +342,8 @@ try {
   m = await d.next((m) => m[1] === 'za');
   check(m[0] === 'reset-done', `reset: ${m[0]}`, JSON.stringify(m));
   check(!alive(w1.pid), 'waiter gone when reset-done arrives (no leftover process)');
+  // children of earlier steps may still be exiting (the zygote reaps them asynchronously)
+  for (let t = 0; t < 2000 && zygKids().length; t += 20) await sleep(20);
   check(zygKids().length === 0, `zygote has no children left (${JSON.stringify(zygKids())})`);
   d.send('spawn', 'za', 'rs1', ...spawnArgs('rs1', {}));
   r = await d.collect('za', 'rs1');
