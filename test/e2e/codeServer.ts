@@ -230,7 +230,7 @@ export async function waitForWorkbench(page: Page, timeoutMs = 30_000): Promise<
  * `timeoutMs`: the first F1 is sometimes swallowed, and a palette opened before the extension host
  * has registered the extension's contributions shows "No matching commands" and never refreshes.
  */
-export async function runCommand(page: Page, title: string, timeoutMs = 30_000): Promise<void> {
+export async function runCommand(page: Page, title: string, timeoutMs = 30_000, opts: { opensPicker?: boolean } = {}): Promise<void> {
   const input = page.locator('.quick-input-widget input');
   const row = page.locator('.quick-input-list .monaco-list-row', { has: page.locator('.label-name', { hasText: title }) }).first();
   const deadline = Date.now() + timeoutMs;
@@ -245,6 +245,11 @@ export async function runCommand(page: Page, title: string, timeoutMs = 30_000):
       await input.fill(`>${title}`);
       await row.waitFor({ state: 'visible', timeout: 1500 });
       await row.click();
+      if (opts.opensPicker) {
+        // the command asks something in the same quick input: wait until the palette's text is gone
+        await page.waitForFunction(`(() => { const i = document.querySelector('.quick-input-widget input'); return !i || !i.value.startsWith('>'); })()`, undefined, { timeout: 3000 });
+        return;
+      }
       await input.waitFor({ state: 'hidden', timeout: 3000 });
       return;
     } catch (err) {

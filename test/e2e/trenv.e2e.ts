@@ -97,7 +97,7 @@ test('UI: invoke from the code lens, logs, memory, trace, terminal', { timeout: 
     assert.ok(Number(painted) > 100, 'the memory chart has drawn something');
     await screenshot(page, 'e2e-memory');
 
-    await runCommand(page, 'TrEnv: Show Restore Trace');
+    await runCommand(page, 'TrEnv: Show Restore Trace', 30_000, { opensPicker: true });
     await page.locator('.quick-input-list .monaco-list-row').first().waitFor({ timeout: 10_000 });
     await page.keyboard.press('Enter');
     const trace = await webviewFrame(page, 'Trace', 30_000);
@@ -111,12 +111,16 @@ test('UI: invoke from the code lens, logs, memory, trace, terminal', { timeout: 
     assert.notEqual(await trace.locator('.step-name').innerText(), third, 'stepping back');
     await screenshot(page, 'e2e-trace');
 
-    await runCommand(page, 'TrEnv: Open Terminal in Sandbox');
+    await runCommand(page, 'TrEnv: Open Terminal in Sandbox', 30_000, { opensPicker: true });
+    // the active editor is a webview, so the command asks which of the workspace's agents
     const pick = page.locator('.quick-input-list .monaco-list-row', { hasText: 'py-text-stats' }).first();
-    if (await pick.isVisible({ timeout: 3000 }).catch(() => false)) await pick.click();
+    await pick.waitFor({ timeout: 15_000 });
+    await pick.click();
     const rows = page.locator('.terminal-wrapper.active .xterm-rows');
     await rows.waitFor({ timeout: 30_000 });
-    await page.waitForTimeout(1500);
+    // the prompt of the shell inside the sandbox, then focus the terminal and type
+    await page.locator('.terminal-wrapper.active .xterm-rows', { hasText: /agent@trenv-/ }).waitFor({ timeout: 30_000 });
+    await page.locator('.terminal-wrapper.active .xterm-screen').click({ force: true });
     await page.keyboard.type('echo "HOST=$(hostname) ID=$(id -u)"\n');
     await page.locator('.terminal-wrapper.active .xterm-rows', { hasText: /HOST=trenv-\S+ ID=10001/ }).waitFor({ timeout: 20_000 });
     const text = await rows.innerText();

@@ -148,6 +148,48 @@ const tests: HostTest[] = [
     },
   ],
   [
+    'a breakpoint in a Node handler is hit through VS Code\'s own node debugger',
+    async () => {
+      const dir = path.join(ws(), 'node-json-transform');
+      const file = path.join(dir, 'index.js');
+      const lines = fs.readFileSync(file, 'utf8').split('\n');
+      const bpLine = lines.findIndex((l) => /exports\.handler\s*=/.test(l)) + 1; // first statement of the handler
+      vscode.debug.addBreakpoints([new vscode.SourceBreakpoint(new vscode.Location(vscode.Uri.file(file), new vscode.Position(bpLine, 0)))]);
+      const done = vscode.commands.executeCommand('trenv.debug', dir);
+      const frame = await until(
+        'the breakpoint in index.js',
+        async () => {
+          const item = vscode.debug.activeStackItem;
+          if (!(item instanceof vscode.DebugStackFrame)) return undefined;
+          try {
+            const st = await item.session.customRequest('stackTrace', { threadId: item.threadId, levels: 1 });
+            const top = st.stackFrames[0];
+            return String(top?.source?.path ?? '').endsWith(path.join('node-json-transform', 'index.js')) && top.line === bpLine + 1 ? item : undefined;
+          } catch {
+            return undefined; // js-debug moves from its attach session to the target's: ask again
+          }
+        },
+        30_000,
+      );
+      vscode.debug.removeBreakpoints(vscode.debug.breakpoints);
+      await frame.session.customRequest('continue', { threadId: frame.threadId });
+      await done;
+    },
+  ],
+  [
+    'the extension reconnects when the daemon restarts',
+    async () => {
+      const pid0 = ctx.status!.pid;
+      process.kill(pid0, 'SIGTERM');
+      await until('the disconnect', () => ctx.state !== 'connected', 15_000);
+      const cli = path.join(vscode.extensions.getExtension('trenv.trenv')!.extensionPath, 'dist', 'trenv.js');
+      const { spawnSync } = await import('node:child_process');
+      const r = spawnSync(process.execPath, [cli, 'daemon', 'start'], { encoding: 'utf8', env: process.env });
+      assert.equal(r.status, 0, r.stderr);
+      await until('the reconnect to the new daemon', () => ctx.state === 'connected' && ctx.status?.pid !== pid0, 30_000);
+    },
+  ],
+  [
     'a terminal opens a shell inside a sandbox',
     async () => {
       const t = (await vscode.commands.executeCommand('trenv.openTerminal', path.join(ws(), 'py-text-stats'))) as vscode.Terminal;
