@@ -488,7 +488,8 @@ try {
   d.p.stdin.end();
   const dex = await Promise.race([d.exited, sleep(5000).then(() => null)]);
   check(dex && dex.code === 0, 'sandboxd exited 0 on stdin EOF');
-  check(!alive(lastWaiter.pid), `prepared waiter ${lastWaiter.pid} gone when sandboxd exited`);
+  // the waiter exits on its connection's EOF; its parent (the zygote) reaps it a moment later
+  check(await waitGone([lastWaiter.pid], 2000), `prepared waiter ${lastWaiter.pid} gone when sandboxd exited`);
   await sleep(100);
   const survivors = [...seenPids, ...inits, ...members].filter(alive);
   check(survivors.length === 0, `no zygote, C1, instance or init processes remain (${seenPids.size + inits.length} checked)`, JSON.stringify(survivors));
