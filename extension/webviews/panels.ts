@@ -85,7 +85,9 @@ export class WebviewPanelHost<V extends ViewName> implements vscode.Disposable {
       retainContextWhenHidden: false,
       enableFindWidget: false,
     };
-    this.panel = opts.panel ?? vscode.window.createWebviewPanel(opts.viewType, opts.title, { viewColumn: opts.column ?? vscode.ViewColumn.Active, preserveFocus: false }, options);
+    // a panel opened beside the editor keeps the focus in the editor (the logs of a lens click)
+    const beside = opts.column === vscode.ViewColumn.Beside;
+    this.panel = opts.panel ?? vscode.window.createWebviewPanel(opts.viewType, opts.title, { viewColumn: opts.column ?? vscode.ViewColumn.Active, preserveFocus: beside }, options);
     if (opts.panel) this.panel.webview.options = options;
     const webview = this.panel.webview;
     webview.html = renderWebviewHtml({
@@ -162,8 +164,8 @@ abstract class Panel<V extends ViewName> implements vscode.Disposable {
   protected readonly subs: vscode.Disposable[] = [];
   readonly onDidDispose: vscode.Event<void>;
 
-  constructor(view: V, title: string, extensionUri: vscode.Uri, panel?: vscode.WebviewPanel) {
-    this.host = new WebviewPanelHost({ view, viewType: VIEW_TYPES[view], title, extensionUri, panel });
+  constructor(view: V, title: string, extensionUri: vscode.Uri, panel?: vscode.WebviewPanel, column?: vscode.ViewColumn) {
+    this.host = new WebviewPanelHost({ view, viewType: VIEW_TYPES[view], title, extensionUri, panel, column });
     this.onDidDispose = this.host.onDidDispose;
     this.subs.push(this.host.onDidDispose(() => this.dispose()));
   }
@@ -191,7 +193,9 @@ export class LogsPanel extends Panel<'logs'> {
   private fetching = 0;
 
   constructor(private readonly source: LogsSource, extensionUri: vscode.Uri, panel?: vscode.WebviewPanel) {
-    super('logs', 'TrEnv Logs', extensionUri, panel);
+    // beside the editor: the code stays in view while its logs stream in, and the webview stays
+    // alive between invocations instead of reloading behind the editor's tab
+    super('logs', 'TrEnv Logs', extensionUri, panel, vscode.ViewColumn.Beside);
     this.subs.push(
       this.host.onReady(() => void this.sendInit()),
       source.onLog((line) => {
