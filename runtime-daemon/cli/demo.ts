@@ -74,7 +74,9 @@ export async function runDemo(stateDir: string): Promise<number> {
     }
     process.stdout.write(f.bold('Results') + '\n' + f.table(rows, ['AGENT', 'STATE', 'SANDBOX', 'RUNTIME', 'TIME', 'RESULT']) + '\n\n');
 
-    const show = details.find((d) => d.repurposed.record.template) ?? details[0];
+    // the Python fork-zygote path is the one that shares memory: show it when there is one
+    const show =
+      details.find((d) => d.repurposed.record.template && d.repurposed.record.runtime === 'python') ?? details.find((d) => d.repurposed.record.template) ?? details[0];
     if (show) {
       // the baseline: the same agent in a fresh sandbox with a cold runtime
       const coldRec = await c.rpc.sendRequest(Methods.invoke, { agentDir: show.fresh.record.agentDir, event: eventFor(show.fresh.record.agentDir), fresh: true, template: false });
@@ -96,7 +98,7 @@ export async function runDemo(stateDir: string): Promise<number> {
       return f.memoryRow(`${d.agent} (peak while running)`, peak);
     });
     const stats = await c.rpc.sendRequest(Methods.stats);
-    for (const t of stats.templates.filter((x) => x.live)) memRows.push(f.memoryRow(`template ${t.name} (zygote, shared by its instances)`, t.memory));
+    for (const t of stats.templates.filter((x) => x.live && x.kind === 'zygote')) memRows.push(f.memoryRow(`template ${t.name} (zygote, shared by its instances)`, t.memory));
     memRows.push(f.memoryRow(`${stats.sandboxes.length} pooled sandboxes now (idle)`, stats.total));
     process.stdout.write(f.bold('Memory') + '\n' + f.table(memRows, f.MEMORY_HEADER) + '\n');
   } finally {
