@@ -1848,6 +1848,61 @@ out:
 	free(cfg.rb_dst);
 }
 
+/* The sandbox a `run`/`spawn` may start in (no active run, init alive); else the error is
+ * emitted and NULL returned. */
+static struct sandbox *sb_for_run(const char *name, const char *rid)
+{
+	struct sandbox *sb = sb_find(name);
+	if (!sb)
+		emit_error(name, rid, "no such sandbox");
+	else if (sb->run)
+		emit_error(name, rid, "a run is already active in this sandbox");
+	else if (sb->ctl < 0 || sb->init <= 0)
+		emit_error(name, rid, "sandbox init is gone");
+	else
+		return sb;
+	return NULL;
+}
+
+/* A new run with its four pipes: r->fd[] are our ends, child[0..3] the process's (stdin is read
+ * by the process, the others written). NULL with `err` set on failure. */
+static struct run *run_new(const char *rid, int child[4], char *err, size_t errlen)
+{
+	struct run *r = calloc(1, sizeof *r);
+	if (!r)
+		exit(3);
+	for (int i = 0; i < 4; i++)
+		r->fd[i] = -1;
+	r->id = xstrdup(rid);
+	r->zfd = -1;
+	int pp[2];
+	for (int i = 0; i < 4; i++) {
+		if (pipe2(pp, O_CLOEXEC) < 0) {
+			snprintf(err, errlen, "pipe: %s", strerror(errno));
+			for (int j = 0; j < i; j++)
+				close(child[j]);
+			run_free(r);
+			return NULL;
+		}
+		child[i] = i == FD_IN ? pp[0] : pp[1];
+		r->fd[i] = i == FD_IN ? pp[1] : pp[0];
+	}
+	return r;
+}
+
+/* stdin is written from the event loop (non-blocking): it may exceed the pipe buffer. */
+static void run_take_stdin(struct run *r, const uint8_t *in, size_t len)
+{
+	set_nonblock(r->fd[FD_IN]);
+	if (len) {
+		r->inbuf = xmalloc(len);
+		memcpy(r->inbuf, in, len);
+		r->inlen = len;
+	} else {
+		xclose(&r->fd[FD_IN]);
+	}
+}
+
 static void cmd_run(struct field *f, size_t nf)
 {
 	if (nf < 3 || !valid_name(&f[1]) || !valid_name(&f[2])) {
@@ -1855,19 +1910,9 @@ static void cmd_run(struct field *f, size_t nf)
 		return;
 	}
 	const char *name = f[1].p, *rid = f[2].p;
-	struct sandbox *sb = sb_find(name);
-	if (!sb) {
-		emit_error(name, rid, "no such sandbox");
+	struct sandbox *sb = sb_for_run(name, rid);
+	if (!sb)
 		return;
-	}
-	if (sb->run) {
-		emit_error(name, rid, "a run is already active in this sandbox");
-		return;
-	}
-	if (sb->ctl < 0) {
-		emit_error(name, rid, "sandbox init is gone");
-		return;
-	}
 	/* Serialize: run_spec, cwd, argv..., env... */
 	struct run_spec rs = {.uid = UINT32_MAX, .gid = UINT32_MAX};
 	const char *cwd = "/";
@@ -1917,27 +1962,12 @@ static void cmd_run(struct field *f, size_t nf)
 			if (!strncmp(f[i].p, pass ? "env=" : "arg=", 4) && field_is_str(&f[i]))
 				p = stpcpy(p, f[i].p + 4) + 1;
 
-	struct run *r = calloc(1, sizeof *r);
-	if (!r)
-		exit(3);
-	for (int i = 0; i < 4; i++)
-		r->fd[i] = -1;
-	r->id = xstrdup(rid);
-	r->zfd = -1;
-	r->started = true; /* `started` is emitted below, before the pipes are polled */
-	int child[5], pp[2];
+	int child[5];
 	char err[1024];
-	for (int i = 0; i < 4; i++) {
-		if (pipe2(pp, O_CLOEXEC) < 0) {
-			snprintf(err, sizeof err, "pipe: %s", strerror(errno));
-			for (int j = 0; j < i; j++)
-				close(child[j]);
-			goto fail;
-		}
-		/* stdin: the child reads pp[0]; the others: the child writes pp[1]. */
-		child[i] = i == FD_IN ? pp[0] : pp[1];
-		r->fd[i] = i == FD_IN ? pp[1] : pp[0];
-	}
+	struct run *r = run_new(rid, child, err, sizeof err);
+	if (!r)
+		goto fail;
+	r->started = true; /* `started` is emitted below, before the pipes are polled */
 	int sr, se;
 	if (plen <= SPEC_INLINE_MAX) {
 		sr = imsg_send(sb->ctl, M_RUN, 0, NULL, 0, payload, plen, child, 4);
@@ -1975,15 +2005,7 @@ static void cmd_run(struct field *f, size_t nf)
 	ob_send();
 	rmsg_free(&m);
 	free(payload);
-	/* stdin is written from the event loop (non-blocking): it may exceed the pipe buffer. */
-	set_nonblock(r->fd[FD_IN]);
-	if (in_len) {
-		r->inbuf = xmalloc(in_len);
-		memcpy(r->inbuf, in_bytes, in_len);
-		r->inlen = in_len;
-	} else {
-		xclose(&r->fd[FD_IN]);
-	}
+	run_take_stdin(r, in_bytes, in_len);
 	sb->run = r;
 	return;
 fail:
@@ -2105,19 +2127,9 @@ static void cmd_spawn(struct field *f, size_t nf)
 		return;
 	}
 	const char *name = f[1].p, *rid = f[2].p;
-	struct sandbox *sb = sb_find(name);
-	if (!sb) {
-		emit_error(name, rid, "no such sandbox");
+	struct sandbox *sb = sb_for_run(name, rid);
+	if (!sb)
 		return;
-	}
-	if (sb->run) {
-		emit_error(name, rid, "a run is already active in this sandbox");
-		return;
-	}
-	if (sb->ctl < 0 || sb->init <= 0) {
-		emit_error(name, rid, "sandbox init is gone");
-		return;
-	}
 	const char *zygote = NULL, *cwd = "/", *uid = NULL, *gid = NULL;
 	const uint8_t *in_bytes = NULL;
 	size_t in_len = 0;
@@ -2181,25 +2193,11 @@ static void cmd_spawn(struct field *f, size_t nf)
 		}
 	char *req = NULL;
 
-	struct run *r = calloc(1, sizeof *r);
-	if (!r)
-		exit(3);
-	for (int i = 0; i < 4; i++)
-		r->fd[i] = -1;
-	r->zfd = -1;
-	r->id = xstrdup(rid);
-	int child[4], pp[2];
+	int child[4];
 	char err[1024];
-	for (int i = 0; i < 4; i++) {
-		if (pipe2(pp, O_CLOEXEC) < 0) {
-			snprintf(err, sizeof err, "pipe: %s", strerror(errno));
-			for (int j = 0; j < i; j++)
-				close(child[j]);
-			goto fail;
-		}
-		child[i] = i == FD_IN ? pp[0] : pp[1];
-		r->fd[i] = i == FD_IN ? pp[1] : pp[0];
-	}
+	struct run *r = run_new(rid, child, err, sizeof err);
+	if (!r)
+		goto fail;
 	int sr = -1, se = 0;
 	const char *what = "socket";
 	if (sb->prep_fd >= 0 && sb->prep_ready && !strcmp(sb->prep_zyg, zygote)) {
@@ -2250,14 +2248,7 @@ static void cmd_spawn(struct field *f, size_t nf)
 		goto fail;
 	}
 	free(req);
-	set_nonblock(r->fd[FD_IN]);
-	if (in_len) {
-		r->inbuf = xmalloc(in_len);
-		memcpy(r->inbuf, in_bytes, in_len);
-		r->inlen = in_len;
-	} else {
-		xclose(&r->fd[FD_IN]);
-	}
+	run_take_stdin(r, in_bytes, in_len);
 	free(tail);
 	sb->run = r;
 	return;
