@@ -330,6 +330,11 @@ export class TemplateManager {
     this.writeMeta(meta);
     this.failures.delete(name);
     progress(`template ${name} ready in ${meta.buildMs} ms (CRIU images ${(d.bytes / 1048576).toFixed(1)} MiB, dump ${d.ms.toFixed(0)} ms)`);
+    // Known gap, said where it matters: CRIU restores keep the pid, so OpenSSL never notices the
+    // clone and its internal generator state is shared; the shim re-seeds only the JS-level APIs.
+    progress(
+      `template ${name}: warning: instances restored from a CRIU checkpoint share OpenSSL's internal random state; Math.random and the crypto random APIs are re-seeded, but keys that Node generates through OpenSSL (generateKeyPair, TLS) may repeat across instances`,
+    );
     return meta;
   }
 
