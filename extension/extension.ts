@@ -12,7 +12,7 @@ import { InvocationsTree, SandboxesTree } from './views/trees';
 
 let ctx: Ctx | undefined;
 
-export async function activate(ext: vscode.ExtensionContext): Promise<{ ctx: Ctx; panels: Panels }> {
+export async function activate(ext: vscode.ExtensionContext): Promise<{ ctx: Ctx; panels: Panels; sandboxes: SandboxesTree }> {
   ctx = new Ctx(ext);
   const panels = new Panels(ctx, ext);
   const sandboxes = new SandboxesTree(ctx);
@@ -30,7 +30,7 @@ export async function activate(ext: vscode.ExtensionContext): Promise<{ ctx: Ctx
   );
   void ctx.connect();
   // the API is for the extension-host tests
-  return { ctx, panels };
+  return { ctx, panels, sandboxes };
 }
 
 export function deactivate(): void {

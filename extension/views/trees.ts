@@ -19,7 +19,10 @@ const STATE_ICON: Record<string, [string, string?]> = {
 
 const mib = (kb?: number) => (kb === undefined ? '-' : `${(kb / 1024).toFixed(1)} MiB`);
 
-type SbNode = { kind: 'template'; t: TemplateInfo } | { kind: 'sandbox'; s: SandboxInfo } | { kind: 'group'; label: string; children: SbNode[] };
+type SbNode =
+  | { kind: 'template'; t: TemplateInfo; children: SbNode[] }
+  | { kind: 'sandbox'; s: SandboxInfo }
+  | { kind: 'group'; label: string; children: SbNode[] };
 
 export class SandboxesTree implements vscode.TreeDataProvider<SbNode> {
   private readonly changed = new vscode.EventEmitter<void>();
@@ -31,21 +34,24 @@ export class SandboxesTree implements vscode.TreeDataProvider<SbNode> {
   refresh(): void {
     this.changed.fire();
   }
+  /** Templates with the sandboxes their instances ran in, then the sandboxes of cold starts. */
   async getChildren(node?: SbNode): Promise<SbNode[]> {
-    if (node?.kind === 'group') return node.children;
+    if (node && node.kind !== 'sandbox') return node.children;
     if (node) return [];
     if (this.ctx.state !== 'connected') return [];
     const c = this.ctx.need();
     const [templates, sandboxes] = await Promise.all([c.sendRequest(Methods.listTemplates), c.sendRequest(Methods.listSandboxes)]);
+    const of = (name?: string) => sandboxes.filter((s) => s.template === name).map((s) => ({ kind: 'sandbox' as const, s }));
+    const cold = sandboxes.filter((s) => !s.template || !templates.some((t) => t.name === s.template));
     return [
-      { kind: 'group', label: `Templates (${templates.length})`, children: templates.map((t) => ({ kind: 'template' as const, t })) },
-      { kind: 'group', label: `Sandboxes (${sandboxes.length})`, children: sandboxes.map((s) => ({ kind: 'sandbox' as const, s })) },
+      ...templates.map((t) => ({ kind: 'template' as const, t, children: of(t.name) })),
+      { kind: 'group', label: `Sandboxes without a template (${cold.length})`, children: cold.map((s) => ({ kind: 'sandbox' as const, s })) },
     ];
   }
   getTreeItem(n: SbNode): vscode.TreeItem {
     if (n.kind === 'group') return new vscode.TreeItem(n.label, vscode.TreeItemCollapsibleState.Expanded);
     if (n.kind === 'template') {
-      const it = new vscode.TreeItem(n.t.name);
+      const it = new vscode.TreeItem(n.t.name, n.children.length ? vscode.TreeItemCollapsibleState.Expanded : vscode.TreeItemCollapsibleState.None);
       it.description = `${n.t.kind} · ${n.t.live ? 'live' : 'stopped'} · ${mib(n.t.memory?.pssKb)}`;
       it.iconPath = new vscode.ThemeIcon('layers');
       it.tooltip = `${n.t.runtimeVersion}, built ${new Date(n.t.builtAt).toLocaleString()} in ${n.t.buildMs} ms\npreload: ${n.t.preload.join(', ') || '-'}`;

@@ -193,6 +193,7 @@ export class Daemon {
       uses: sb.uses,
       createdAt: sb.createdAt,
       agent: sb.appDir ? path.basename(sb.appDir) : undefined,
+      template: sb.lastTemplate,
       memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
     }));
   }

@@ -291,6 +291,7 @@ export class Invoker extends EventEmitter {
     };
     const finish = (state: InvocationState, extra: Partial<InvocationRecord>) => {
       drainSpans();
+      if (sb) sb.lastTemplate = record.template; // the Sandboxes view nests sandboxes under their template
       record.state = state;
       record.endedAt = Date.now();
       record.durationMs = record.endedAt - record.createdAt;

@@ -156,6 +156,8 @@ export interface SandboxInfo {
   state: 'creating' | 'idle' | 'busy' | 'cleaning' | 'destroyed';
   agent?: string;
   invocationId?: string;
+  /** the memory template of the last instance that ran in this sandbox */
+  template?: string;
   hostPid?: number;
   uses: number;
   createdAt: number;

@@ -32,6 +32,8 @@ export class ContainerSandbox {
   initPid = 0;
   /** the zygote socket of the template whose waiter was asked to join this sandbox */
   preparedFor: string | undefined;
+  /** the template the last instance in this sandbox came from (any kind) */
+  lastTemplate: string | undefined;
   /** the zygote the last instance in this sandbox came from: the next one likely does too */
   lastZygote: string | undefined;
   /** counters that cannot be reset in the cgroup: read at each run's start */

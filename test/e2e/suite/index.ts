@@ -11,6 +11,8 @@ import type { Ctx } from '../../../extension/ctx';
 import type { InvocationRecord } from '../../../runtime-daemon/protocol/messages';
 import { runSuite, HostTest } from '../hostSuite';
 
+/* eslint-disable @typescript-eslint/no-explicit-any -- tree nodes are the extension's private shapes */
+
 const ws = () => vscode.workspace.workspaceFolders![0].uri.fsPath;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -25,6 +27,7 @@ async function until<T>(what: string, fn: () => T | undefined | Promise<T | unde
 }
 
 let ctx: Ctx;
+let sandboxesTree: { getChildren(n?: unknown): Promise<Array<Record<string, any>>> };
 
 const tests: HostTest[] = [
   [
@@ -32,8 +35,9 @@ const tests: HostTest[] = [
     async () => {
       const ext = vscode.extensions.getExtension('trenv.trenv');
       assert.ok(ext, 'the trenv extension is not loaded');
-      const api = (await ext.activate()) as { ctx: Ctx };
+      const api = (await ext.activate()) as { ctx: Ctx; sandboxes: typeof sandboxesTree };
       ctx = api.ctx;
+      sandboxesTree = api.sandboxes;
       await until('the connection', () => ctx.state === 'connected', 25_000);
       assert.ok(ctx.status?.pid, 'daemon status known');
     },
@@ -112,6 +116,13 @@ const tests: HostTest[] = [
       const event = JSON.parse(fs.readFileSync(path.join(dir, '.trenv/events/default.json'), 'utf8'));
       const rec = (await vscode.commands.executeCommand('trenv.invoke', dir, event)) as InvocationRecord;
       assert.equal(rec.template, 'py-text-stats');
+      // the Sandboxes view: the template with the sandbox its instance ran in
+      const node = await until('the template node with its sandbox', async () => {
+        const roots = await sandboxesTree.getChildren();
+        const t = roots.find((n) => n.kind === 'template' && n.t.name === 'py-text-stats');
+        return t && t.children.some((c: Record<string, any>) => c.s.id === rec.sandboxId) ? t : undefined;
+      });
+      assert.equal(node.t.live, true);
     },
   ],
   [
