@@ -20,17 +20,8 @@ fi
 
 # ---- Debian packages
 APT_PACKAGES=(chromium libkrb5-dev ripgrep tar gzip)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Wait for the dpkg lock rather than fail when another set-up script is installing too.
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source scripts/apt-ensure.sh # (the script has cd'd to the repo root)
+apt_ensure "${APT_PACKAGES[@]}"
 
 code_server_runs() {
   [ -x "$TOOLS/node_modules/.bin/code-server" ] &&

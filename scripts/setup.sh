@@ -16,16 +16,8 @@ fi
 # user-mode networking, debugpy; bench baselines: runc; webview/e2e tests: chromium
 APT_PACKAGES=(gcc make libc6-dev python3 python3-debugpy python3-pyaes python3-jinja2 python3-pil
   slirp4netns iproute2 procps util-linux ca-certificates runc chromium)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source scripts/apt-ensure.sh # (the script has cd'd to the repo root)
+apt_ensure "${APT_PACKAGES[@]}"
 
 # ---- Node.js (the machine ships Node 20; Debian's nodejs 18 would do for the daemon too)
 if ! command -v node >/dev/null; then

@@ -18,7 +18,7 @@ import {
   SubscribeParams,
   Topic,
 } from '../protocol/messages';
-import { AgentNotFoundError, ManifestError, checkHandler, parseManifestText, validateManifest, Manifest } from '../manifest/manifest';
+import { AgentNotFoundError, ManifestError, checkManifestText } from '../manifest/manifest';
 import { addSamples, emptySample, readRollup, sampleProcesses } from '../metrics/smaps';
 import { RecordStore } from '../records/store';
 import { ContainerDriver } from '../sandbox/container';
@@ -267,10 +267,7 @@ export class Daemon {
       } catch {
         return [{ path: '', message: `no trenv.json in ${p.agentDir}`, severity: 'error' }];
       }
-      const parsed = parseManifestText(text);
-      if (parsed.diagnostics.length) return parsed.diagnostics;
-      const d = validateManifest(parsed.value);
-      return d.length ? d : checkHandler(p.agentDir, parsed.value as Manifest);
+      return checkManifestText(p.agentDir, text).diagnostics;
     });
     rpc.onRequest(Methods.subscribe, (p: SubscribeParams) => {
       if (!isObject(p) || !Array.isArray(p.topics)) throw paramsError('"topics" must be an array');

@@ -111,6 +111,20 @@ export function parseManifestText(text: string): { value?: unknown; diagnostics:
   }
 }
 
+/**
+ * Everything wrong with a manifest's text, in one place for the daemon, the language server and
+ * loadAgent: JSON, schema (the returned value has the schema's defaults filled in), and the handler
+ * file/function whenever the fields it depends on are themselves valid.
+ */
+export function checkManifestText(dir: string, text: string): { value?: Manifest; diagnostics: Diagnostic[] } {
+  const parsed = parseManifestText(text);
+  if (parsed.diagnostics.length) return parsed as { diagnostics: Diagnostic[] };
+  const value = parsed.value as Manifest;
+  const diagnostics = validateManifest(value);
+  if (!diagnostics.some((d) => d.path === '/handler' || d.path === '/runtime')) diagnostics.push(...checkHandler(dir, value));
+  return { value, diagnostics };
+}
+
 /** Reads and validates an agent folder. Throws AgentNotFoundError or ManifestError. */
 export function loadAgent(dir: string): LoadedAgent {
   const abs = path.resolve(dir);
@@ -122,12 +136,10 @@ export function loadAgent(dir: string): LoadedAgent {
   } catch {
     throw new AgentNotFoundError(`no agent at ${abs}: expected a folder with a trenv.json manifest`);
   }
-  const parsed = parseManifestText(text);
-  if (parsed.diagnostics.length) throw new ManifestError(abs, parsed.diagnostics);
-  const diags = validateManifest(parsed.value);
-  const m = parsed.value as Manifest;
-  if (!diags.length) diags.push(...checkHandler(abs, m).filter((d) => d.severity === 'error'));
-  if (diags.length) throw new ManifestError(abs, diags);
+  const checked = checkManifestText(abs, text);
+  const errors = checked.diagnostics.filter((d) => d.severity === 'error');
+  if (errors.length || !checked.value) throw new ManifestError(abs, errors);
+  const m = checked.value;
   const [handlerFile, handlerFunction] = m.handler.split(':');
   return { dir: abs, manifest: m, handlerFile, handlerFunction };
 }

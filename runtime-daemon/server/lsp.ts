@@ -26,7 +26,7 @@ import {
 } from 'vscode-languageserver';
 import { TextDocument } from 'vscode-languageserver-textdocument';
 import { agentDirOf } from '../manifest/agentDir';
-import { checkHandler, Manifest, parseManifestText, validateManifest } from '../manifest/manifest';
+import { checkManifestText, Manifest, parseManifestText } from '../manifest/manifest';
 import schema from '../protocol/trenv.schema.json';
 
 export const LensCommands = { invoke: 'trenv.invoke', debug: 'trenv.debug', invokeVm: 'trenv.invokeVm' } as const;
@@ -113,11 +113,7 @@ export function manifestDiagnostics(doc: TextDocument, file: string): LspDiagnos
     return [{ range: { start, end }, severity: DiagnosticSeverity.Error, source: 'trenv', message: parsed.diagnostics[0].message }];
   }
   const root = jsonc.parseTree(text);
-  const value = JSON.parse(JSON.stringify(parsed.value)); // validation fills defaults: keep the document's value clean
-  const diags = validateManifest(value);
-  // the handler can be checked whenever the fields it depends on are themselves valid
-  if (!diags.some((d) => d.path === '/handler' || d.path === '/runtime')) diags.push(...checkHandler(path.dirname(file), value as Manifest));
-  for (const d of diags) {
+  for (const d of checkManifestText(path.dirname(file), text).diagnostics) {
     out.push({
       range: rangeOf(doc, root, d.path),
       severity: d.severity === 'error' ? DiagnosticSeverity.Error : DiagnosticSeverity.Warning,

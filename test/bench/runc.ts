@@ -256,6 +256,37 @@ function runcSync(root: string, args: string[]): { status: number | null; stderr
   return { status: r.status, stderr: r.stderr ?? '' };
 }
 
+/** Timings and result of one invocation from its chan messages (mono ns) and its start/end. */
+function chanTiming(
+  chan: ChanMessage[],
+  t0: bigint,
+  tEnd: bigint,
+  o: { deleteMs: number; exitCode: number | string | null; stdout: string; stderr: string },
+): InvocationTiming {
+  const ms = (ns: bigint): number => Number(ns - t0) / 1e6;
+  const at = (t: string): bigint | undefined => {
+    const m = chan.find((x) => x.t === t);
+    return m ? BigInt(m.mono_ns) : undefined;
+  };
+  const final = chan.find((m) => m.t === 'result' || m.t === 'error');
+  const loaded = at('loaded');
+  const start = at('start');
+  return {
+    startMs: loaded !== undefined ? ms(loaded) : NaN,
+    handlerStartMs: start !== undefined ? ms(start) : NaN,
+    handlerMs: start !== undefined && final ? Number(BigInt(final.mono_ns) - start) / 1e6 : NaN,
+    e2eMs: ms(tEnd),
+    deleteMs: o.deleteMs,
+    result: final?.t === 'result' ? final.value : undefined,
+    error: final?.t === 'error' ? final.error : final ? undefined : { message: `no result (exit ${o.exitCode}): ${o.stderr.trim().slice(0, 500)}` },
+    ok: final?.t === 'result' && o.exitCode === 0,
+    exitCode: o.exitCode,
+    chan,
+    stdout: o.stdout,
+    stderr: o.stderr,
+  };
+}
+
 /**
  * Run one invocation in a fresh container from the bundle: `runc run --preserve-fds 1 --bundle
  * <dir> <id>` with the event on stdin and the chan on fd 3, then `runc delete -f <id>` (always).
@@ -313,7 +344,6 @@ export async function runInvocation(bundleDir: string, id: string, event: unknow
     }
   }
 
-  const ms = (ns: bigint): number => Number(ns - t0) / 1e6;
   const chanRaw = Buffer.concat(out.chan).toString('utf8');
   const stderr = Buffer.concat(out.stderr).toString('utf8');
   let chan: ChanMessage[];
@@ -322,27 +352,7 @@ export async function runInvocation(bundleDir: string, id: string, event: unknow
   } catch (err) {
     throw new Error(`bad chan output from ${id}: ${(err as Error).message}; raw: ${chanRaw.slice(0, 300)}`);
   }
-  const at = (t: string): bigint | undefined => {
-    const m = chan.find((x) => x.t === t);
-    return m ? BigInt(m.mono_ns) : undefined;
-  };
-  const final = chan.find((m) => m.t === 'result' || m.t === 'error');
-  const loaded = at('loaded');
-  const start = at('start');
-  return {
-    startMs: loaded !== undefined ? ms(loaded) : NaN,
-    handlerStartMs: start !== undefined ? ms(start) : NaN,
-    handlerMs: start !== undefined && final ? Number(BigInt(final.mono_ns) - start) / 1e6 : NaN,
-    e2eMs: ms(tEnd),
-    deleteMs,
-    result: final?.t === 'result' ? final.value : undefined,
-    error: final?.t === 'error' ? final.error : final ? undefined : { message: `no result (exit ${exitCode}): ${stderr.trim().slice(0, 500)}` },
-    ok: final?.t === 'result' && exitCode === 0,
-    exitCode,
-    chan,
-    stdout: Buffer.concat(out.stdout).toString('utf8'),
-    stderr,
-  };
+  return chanTiming(chan, t0, tEnd, { deleteMs, exitCode, stdout: Buffer.concat(out.stdout).toString('utf8'), stderr });
 }
 
 /**
@@ -369,30 +379,9 @@ export async function runDirect(appDir: string, event: unknown, opts: { runtimes
   });
   const tEnd = process.hrtime.bigint();
   clearTimeout(timer);
-  const ms = (ns: bigint): number => Number(ns - t0) / 1e6;
   const chan = parseChan(Buffer.concat(out.chan).toString('utf8'));
-  const at = (t: string): bigint | undefined => {
-    const x = chan.find((c) => c.t === t);
-    return x ? BigInt(x.mono_ns) : undefined;
-  };
-  const final = chan.find((c) => c.t === 'result' || c.t === 'error');
-  const loaded = at('loaded');
-  const start = at('start');
   const stderr = Buffer.concat(out.stderr).toString('utf8');
-  return {
-    startMs: loaded !== undefined ? ms(loaded) : NaN,
-    handlerStartMs: start !== undefined ? ms(start) : NaN,
-    handlerMs: start !== undefined && final ? Number(BigInt(final.mono_ns) - start) / 1e6 : NaN,
-    e2eMs: ms(tEnd),
-    deleteMs: 0,
-    result: final?.t === 'result' ? final.value : undefined,
-    error: final?.t === 'error' ? final.error : final ? undefined : { message: `no result (exit ${exitCode}): ${stderr.trim().slice(0, 500)}` },
-    ok: final?.t === 'result' && exitCode === 0,
-    exitCode,
-    chan,
-    stdout: Buffer.concat(out.stdout).toString('utf8'),
-    stderr,
-  };
+  return chanTiming(chan, t0, tEnd, { deleteMs: 0, exitCode, stdout: Buffer.concat(out.stdout).toString('utf8'), stderr });
 }
 
 // ---- cleanup ----------------------------------------------------------------------------------
