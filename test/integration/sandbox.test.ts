@@ -77,9 +77,11 @@ test('pids limit contains a fork bomb', async () => {
   const r = await d.invoke({ agentDir: PROBE, event: { action: 'forkbomb' } });
   assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
   const peak = (r.result as { peak_processes: number }).peak_processes;
-  // the kernel's own pids.events counter (reported below) proves the bomb reached the limit; the
-  // sampled peak only has to stay within it (sampling every 10 ms can miss the short peaks)
-  assert.ok(peak >= 2 && peak <= 32, `the bomb stayed within pids.max=32 (saw ${peak}, init included)`);
+  // the kernel's own pids.events counter (reported below) proves the bomb reached the limit. The
+  // probe's count is only a rough check: a listing of /proc is not atomic while the bomb churns,
+  // and a task being reaped is uncharged from pids.current before its /proc entry goes (CI saw 41
+  // with pids.max=32). An escaped bomb would reach thousands, so twice the limit still catches it.
+  assert.ok(peak >= 2 && peak <= 64, `the bomb stayed near pids.max=32 (saw ${peak}, init included)`);
   const det = await d.client.rpc.sendRequest(Methods.getInvocation, { id: r.id });
   assert.ok(det.logs.some((l) => /process limit of 32 was reached/.test(l.text)), 'the limit hit is reported');
   const after = await d.invoke({ agentDir: PROBE, event: { action: 'check_leftovers' } });
