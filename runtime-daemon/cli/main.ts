@@ -25,8 +25,8 @@ const USAGE = `usage: trenv <command> [options]
 
   daemon start [--port N] [--foreground]   start the daemon (needs root: use sudo)
   daemon stop | daemon status
-  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh] [--no-template]
-  template build <agent-dir> | template ls | template rm <name>
+  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh] [--no-template] [--vm]
+  template build <agent-dir> [--vm] | template ls | template rm <name>
   ps [--limit N] [--json]                  recent invocations and live sandboxes
   logs <invocation> [--follow] [--json]    logs of an invocation (id or unique prefix/suffix)
   trace <invocation> [--json]              restore trace of an invocation, step by step
@@ -272,8 +272,9 @@ async function main(argv: string[]): Promise<number> {
           rpc.onNotification(Notifications.progress, (p) => {
             process.stderr.write(`${f.dim(p.message)}\n`);
           });
-          const t = await rpc.sendRequest(Methods.buildTemplate, { agentDir: path.resolve(dir) });
-          out(values.json ? JSON.stringify(t, null, 2) : `template ${t.name} built in ${f.ms(t.buildMs)} (${t.kind}, ${t.runtimeVersion}, zygote PSS ${f.kb(t.memory?.pssKb)})`);
+          const t = await rpc.sendRequest(Methods.buildTemplate, { agentDir: path.resolve(dir), ...(values.vm ? { vm: true } : {}) });
+          const mem = t.kind === 'vm' ? `warm clones PSS ${f.kb(t.memory?.pssKb)}` : `zygote PSS ${f.kb(t.memory?.pssKb)}`;
+          out(values.json ? JSON.stringify(t, null, 2) : `template ${t.name} built in ${f.ms(t.buildMs)} (${t.kind}, ${t.runtimeVersion}, ${mem})`);
           return 0;
         }
         if (sub === 'ls' || sub === 'list') {
@@ -326,7 +327,7 @@ async function main(argv: string[]): Promise<number> {
           out(
             f.table(
               [
-                ...s.templates.filter((t) => t.live).map((t) => f.memoryRow(`template ${t.name} (zygote)`, t.memory)),
+                ...s.templates.filter((t) => t.live).map((t) => f.memoryRow(`template ${t.name} (${t.kind === 'vm' ? 'warm clones' : 'zygote'})`, t.memory)),
                 ...s.sandboxes.map((sb) => f.memoryRow(`${sb.id} (${sb.state})`, sb.memory)),
                 f.memoryRow('sandboxes total', s.total),
               ],

@@ -15,6 +15,7 @@ import {
   PROTOCOL_VERSION,
   SandboxInfo,
   StatsResult,
+  TemplateInfo,
   SubscribeParams,
   Topic,
 } from '../protocol/messages';
@@ -27,6 +28,10 @@ import { ClientConnection, DaemonServer, paramsError } from '../server/server';
 import { Invoker } from './invoker';
 import { serveTerminal } from '../server/terminal';
 import { TemplateManager } from '../template/templates';
+import { Accel, findImage, probeAccel, reapLeftovers, RootKind, VmImage } from '../sandbox/vm';
+import { VmPool } from '../sandbox/vmPool';
+import { VmTemplateManager } from '../template/vmTemplates';
+import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
 import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
 
@@ -55,6 +60,8 @@ export class Daemon {
   private pool!: SandboxPool;
   private invoker!: Invoker;
   private templates!: TemplateManager;
+  private vmPool: VmPool | undefined;
+  private vmTemplates: VmTemplateManager | undefined;
   private nativeDir = '';
   private server!: DaemonServer;
   private readonly subs = new Map<ClientConnection, Subscription[]>();
@@ -125,7 +132,13 @@ export class Daemon {
         nodeShim: path.join(root, 'runtime-daemon/runtimes/node/trenv-shim.js'),
       });
       this.templates.log = this.log;
-      this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'));
+      this.setUpVms();
+      this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'), {
+        pool: this.vmPool!,
+        templates: this.vmTemplates!,
+        root: () => (process.env.TRENV_VM_ROOT === 'blk' ? 'blk' : 'pmem') as RootKind,
+        unavailable: () => this.vmUnavailable(),
+      });
       this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => c.rpc.sendNotification(Notifications.debugReady, r)));
       this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)));
       this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s)));
@@ -164,6 +177,57 @@ export class Daemon {
     }
   }
 
+  /**
+   * microVMs: QEMU processes a crashed daemon left are killed first; guest images are looked up
+   * per use (setup-vm.sh may run while the daemon is up); the accelerator is probed once.
+   */
+  private setUpVms(): void {
+    const vmsDir = path.join(this.paths.root, 'vms');
+    fs.mkdirSync(vmsDir, { recursive: true, mode: 0o700 });
+    const n = reapLeftovers(vmsDir);
+    if (n) this.log(`killed ${n} QEMU process(es) left by a previous daemon`);
+    let image: VmImage | undefined;
+    const getImage = () => (image ??= findImage());
+    let accel: Promise<Accel> | undefined;
+    const getAccel = () => (accel ??= probeAccel(getImage(), vmsDir, path.join(this.paths.root, 'vm-accel.json'), this.log));
+    this.vmTemplates = new VmTemplateManager(path.join(this.paths.root, 'vm-templates'), vmsDir, getImage, getAccel);
+    this.vmPool = new VmPool(vmsDir, getImage, getAccel, undefined, this.log);
+    this.vmPool.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+  }
+
+  private vmTemplateInfos(): TemplateInfo[] {
+    return (this.vmTemplates?.list() ?? []).map((t) => {
+      const warm = [...(this.vmPool?.all ?? [])].filter((vm) => vm.template === t.meta.name && !vm.destroyed && vm.pid > 0);
+      return {
+        name: t.meta.name,
+        agentDir: t.meta.agentDir,
+        runtime: t.meta.runtime,
+        kind: 'vm',
+        builtAt: t.meta.builtAt,
+        buildMs: t.meta.buildMs,
+        agentHash: t.meta.agentHash,
+        runtimeVersion: `${t.meta.runtime} in microVM (kernel ${t.meta.kernel}, ${t.meta.memoryMb} MiB, ${t.meta.root} root, ${t.meta.accel})`,
+        preload: [],
+        live: warm.length > 0,
+        memory: warm.length ? sampleProcesses(warm.map((vm) => vm.pid)) : undefined,
+      };
+    });
+  }
+
+  private vmUnavailable(): string | undefined {
+    try {
+      findImage();
+    } catch (e) {
+      return (e as Error).message;
+    }
+    try {
+      execFileSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' });
+    } catch {
+      return 'qemu-system-x86_64 is not installed: run `sudo bash scripts/setup-vm.sh`';
+    }
+    return undefined;
+  }
+
   private notify(topic: Topic, invocationId: string | undefined, send: (c: ClientConnection) => Promise<void> | void): void {
     for (const [c, subs] of this.subs) {
       if (subs.some((s) => s.topics.has(topic) && (!s.invocationId || !invocationId || s.invocationId === invocationId))) {
@@ -184,7 +248,20 @@ export class Daemon {
   }
 
   private sandboxInfos(): SandboxInfo[] {
-    return this.pool.list().map((sb) => ({
+    const vms: SandboxInfo[] = [...(this.vmPool?.all ?? [])]
+      .filter((vm) => !vm.destroyed && vm.pid > 0)
+      .map((vm) => ({
+        id: vm.cfg.id,
+        kind: 'vm',
+        poolKey: vm.template ?? 'cold',
+        state: this.vmPool!.isWarm(vm) ? 'idle' : 'busy',
+        hostPid: vm.pid,
+        uses: 0,
+        createdAt: vm.createdAt,
+        template: vm.template,
+        memory: sampleProcesses([vm.pid]),
+      }));
+    return vms.concat(this.pool.list().map((sb) => ({
       id: sb.id,
       kind: 'container',
       poolKey: sb.key,
@@ -195,7 +272,7 @@ export class Daemon {
       agent: sb.appDir ? path.basename(sb.appDir) : undefined,
       template: sb.lastTemplate,
       memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
-    }));
+    })));
   }
 
   private status(): DaemonStatus {
@@ -216,7 +293,7 @@ export class Daemon {
   private stats(): StatsResult {
     const sandboxes = this.sandboxInfos();
     const total = sandboxes.reduce((acc, s) => (s.memory ? addSamples(acc, s.memory) : acc), emptySample());
-    return { sandboxes, templates: this.templates.list(), total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
+    return { sandboxes, templates: [...this.templates.list(), ...this.vmTemplateInfos()], total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
   }
 
   private register(c: ClientConnection): void {
@@ -294,7 +371,7 @@ export class Daemon {
       await this.pool.evictExpired();
       return cfg;
     });
-    rpc.onRequest(Methods.buildTemplate, async (p: { agentDir: string }) => {
+    rpc.onRequest(Methods.buildTemplate, async (p: { agentDir: string; vm?: boolean }) => {
       if (!isObject(p) || typeof p.agentDir !== 'string' || !p.agentDir) throw paramsError('"agentDir" is required');
       let agent;
       try {
@@ -304,18 +381,29 @@ export class Daemon {
         if (e instanceof ManifestError) throw new ResponseError(ErrorCodes.ManifestInvalid, e.message, e.diagnostics);
         throw e;
       }
+      const progress = (message: string) =>
+        void c.rpc.sendNotification(Notifications.progress, { what: `template ${agent.manifest.name}`, message }).catch(() => undefined);
       try {
-        const meta = await this.templates.build(agent, (message) =>
-          void c.rpc.sendNotification(Notifications.progress, { what: `template ${agent.manifest.name}`, message }).catch(() => undefined),
-        );
+        if (p.vm || agent.manifest.sandbox === 'vm') {
+          const why = this.vmUnavailable();
+          if (why) throw new Error(`microVM sandboxes are not available: ${why}`);
+          const t = await this.vmTemplates!.build(agent, process.env.TRENV_VM_ROOT === 'blk' ? 'blk' : 'pmem', progress);
+          this.vmPool?.refill(t);
+          return this.vmTemplateInfos().find((x) => x.name === t.meta.name)!;
+        }
+        const meta = await this.templates.build(agent, progress);
         return this.templates.list().find((t) => t.name === meta.name)!;
       } catch (e) {
         throw new ResponseError(ErrorCodes.TemplateFailed, (e as Error).message);
       }
     });
-    rpc.onRequest(Methods.listTemplates, () => this.templates.list());
+    rpc.onRequest(Methods.listTemplates, () => [...this.templates.list(), ...this.vmTemplateInfos()]);
     rpc.onRequest(Methods.deleteTemplate, async (p: { name: string }) => {
       if (!isObject(p) || typeof p.name !== 'string') throw paramsError('"name" is required');
+      if (this.vmTemplates?.list().some((t) => t.meta.name === p.name)) {
+        await this.vmPool?.drop(p.name);
+        return { deleted: this.vmTemplates.remove(p.name) };
+      }
       return { deleted: await this.templates.remove(p.name) };
     });
     rpc.onRequest(Methods.shutdown, () => {
@@ -338,6 +426,7 @@ export class Daemon {
         while (this.invoker.runningCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
       }
       await this.pool?.close();
+      await this.vmPool?.closeAll();
       await this.templates?.stopAll();
       await this.server?.close();
       this.store?.flush();

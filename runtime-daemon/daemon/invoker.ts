@@ -3,6 +3,7 @@
  * (fresh or repurposed), run the runtime shim in it, stream logs/spans/memory, enforce the time
  * limit, classify the end (succeeded, failed, timeout, oom, killed) and give the sandbox back.
  */
+import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type {
   DebugReady,
@@ -27,6 +28,19 @@ import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
 import { CriuInstance, nsPidOf, restoreInto } from '../template/criu';
 import { TemplateManager, TemplateMeta } from '../template/templates';
+import type { GuestMsg, RootKind } from '../sandbox/vm';
+import type { VmAcquired, VmPool } from '../sandbox/vmPool';
+import type { VmTemplateManager } from '../template/vmTemplates';
+
+/** What the invoker needs for microVM sandboxes (absent: VMs are not set up). */
+export interface VmSupport {
+  pool: VmPool;
+  templates: VmTemplateManager;
+  /** the root filesystem kind for new VMs (pmem with DAX by default) */
+  root: () => RootKind;
+  /** why VMs cannot run here (no guest images, no QEMU), checked per invoke */
+  unavailable: () => string | undefined;
+}
 
 const RUNTIMES: Record<string, string[]> = {
   python: ['/usr/bin/python3', '-B', '/opt/trenv/runtimes/python/trenv_shim.py'],
@@ -137,6 +151,7 @@ export class Invoker extends EventEmitter {
     private readonly driver: ContainerDriver,
     private readonly templates?: TemplateManager,
     private readonly enterPath = '',
+    private readonly vms?: VmSupport,
   ) {
     super();
   }
@@ -201,8 +216,12 @@ export class Invoker extends EventEmitter {
 
   async invoke(params: InvokeParams, agent: LoadedAgent = loadAgent(params.agentDir), onCreated?: (id: string) => void): Promise<InvocationRecord> {
     const m = agent.manifest;
-    if (params.sandbox === 'vm' || m.sandbox === 'vm') {
-      throw new Error('microVM sandboxes are not available yet in this version: run it in a container (drop --vm / "sandbox": "vm")');
+    const isVm = (params.sandbox ?? m.sandbox) === 'vm';
+    if (isVm) {
+      const why = this.vms ? this.vms.unavailable() : 'this daemon was started without microVM support';
+      if (why) throw new Error(`microVM sandboxes are not available: ${why}`);
+      if (params.debug) throw new Error('debugging in a microVM is not supported yet: debug the agent in a container (drop --vm / "sandbox": "vm")');
+      if (m.network !== 'none') throw new Error('microVMs have no network in this version: run an agent with "network": "egress" in a container');
     }
     const debugPort = params.debug ? DEBUG_PORTS[m.runtime] : undefined;
     const runtime = debugPort ? debugArgv(m.runtime, debugPort) : RUNTIMES[m.runtime];
@@ -213,7 +232,7 @@ export class Invoker extends EventEmitter {
       agent: m.name,
       agentDir: agent.dir,
       runtime: m.runtime,
-      sandboxKind: 'container',
+      sandboxKind: isVm ? 'vm' : 'container',
       state: 'queued',
       createdAt: Date.now(),
       event: params.event ?? {},
@@ -242,7 +261,12 @@ export class Invoker extends EventEmitter {
     };
 
     let sb: ContainerSandbox | undefined;
+    let vmA: VmAcquired | undefined;
     const stateOf = (note?: string): SandboxStateSummary => {
+      if (vmA) {
+        const alive = !vmA.vm.exited && vmA.vm.pid > 0;
+        return { processes: alive ? 1 : 0, template: record.template, ...(alive ? { memory: sampleProcesses([vmA.vm.pid]) } : {}), ...(note ? { note } : {}) };
+      }
       if (!sb) return { processes: 0, note };
       const pids = sb.workerPids();
       return {
@@ -314,7 +338,7 @@ export class Invoker extends EventEmitter {
     let zygoteSocket: string | undefined;
     /** a CRIU template (Node): restored into the sandbox below; record.template is set only once that worked */
     let criuTemplate: { meta: TemplateMeta; imagesDir: string } | undefined;
-    if (this.templates && params.template !== false && !debugPort) {
+    if (this.templates && params.template !== false && !debugPort && !isVm) {
       const t0 = process.hrtime.bigint();
       try {
         const t = await this.templates.forInvoke(agent, (msg) => log('system', msg, 'info'));
@@ -337,7 +361,18 @@ export class Invoker extends EventEmitter {
 
     // ---- get a sandbox
     const tAcq = process.hrtime.bigint();
-    try {
+    if (isVm) {
+      try {
+        vmA = await this.acquireVm(agent, params, log, span);
+        record.sandboxId = vmA.vm.cfg.id;
+        record.start = vmA.how;
+        if (vmA.template) record.template = vmA.template.meta.name;
+        span('sandbox.ready', tAcq, process.hrtime.bigint(), { how: vmA.how, prewarmed: vmA.prewarmed });
+      } catch (e) {
+        log('system', `could not get a microVM: ${(e as Error).message}`, 'error');
+        return finish('failed', { error: { type: 'SandboxError', message: (e as Error).message, phase: 'sandbox' } });
+      }
+    } else try {
       const acq = await this.pool.acquire(spec, agent.dir, { fresh: params.fresh, prefer: zygoteSocket });
       sb = acq.sandbox;
       active.sandbox = sb;
@@ -376,6 +411,8 @@ export class Invoker extends EventEmitter {
     let result: { value: unknown } | undefined;
     let shimError: InvocationError | undefined;
     let tRunSent = 0n;
+    let vmKilled = false;
+    let vmOom = false;
     let tStarted = 0n;
     let tLoaded = 0n;
     let tHandler = 0n;
@@ -390,7 +427,11 @@ export class Invoker extends EventEmitter {
     let criuPending = false; // restore in progress: a kill is applied once it is done
     let criuKilled = false;
     const killRun = () => {
-      if (criuInst) {
+      if (vmA) {
+        // the time limit (or a kill) ends the whole VM
+        vmKilled = true;
+        void vmA.vm.destroy();
+      } else if (criuInst) {
         criuKilled = true;
         criuInst.kill();
       } else if (criuPending) criuKilled = true;
@@ -413,7 +454,8 @@ export class Invoker extends EventEmitter {
       }
       let mono = readNs;
       try {
-        if (typeof msg.mono_ns === 'string') mono = BigInt(msg.mono_ns);
+        // a guest's CLOCK_MONOTONIC is not the host's: VM messages are timed when they arrive
+        if (typeof msg.mono_ns === 'string' && !vmA) mono = BigInt(msg.mono_ns);
       } catch {
         /* keep read time */
       }
@@ -465,9 +507,9 @@ export class Invoker extends EventEmitter {
         killRun();
       }, timeoutMs);
       const sampler = setInterval(() => {
-        const pids = sb!.workerPids();
+        const pids = vmA ? (vmA.vm.exited ? [] : [vmA.vm.pid]) : sb!.workerPids();
         if (!pids.length) return;
-        const s = sampleProcesses(pids, sb!.cgroup.usageBytes());
+        const s = sampleProcesses(pids, vmA ? undefined : sb!.cgroup.usageBytes());
         this.store.append(id, 'memory', s);
         this.emit('memory', id, s);
       }, SAMPLE_MS);
@@ -518,6 +560,20 @@ export class Invoker extends EventEmitter {
             onError: (message) => done({ error: message }),
         };
         const opts = { env, cwd: '/app', uid: SANDBOX_UID, gid: SANDBOX_GID, stdin };
+        const envObj = Object.fromEntries(env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+        if (vmA) {
+          this.runInVm(vmA, agent, params.event ?? {}, envObj, handlers, {
+            killed: () => vmKilled,
+            oom: () => (vmOom = true),
+            sent: () => (tRunSent = process.hrtime.bigint()),
+            identity: (t0, t1, attrs) => {
+              span('guest.identity', t0, t1, attrs);
+              tStarted = t1;
+            },
+            done,
+          });
+          return;
+        }
         const startCold = () => {
           if (zygoteSocket) this.driver.spawn(sb!, runId, zygoteSocket, opts, handlers);
           else this.driver.run(sb!, runId, { argv: runtime, ...opts }, handlers);
@@ -565,7 +621,6 @@ export class Invoker extends EventEmitter {
             });
             for (const st of inst.steps) span(`template.restore.${st.name}`, st.startNs, st.endNs);
             tStarted = tRestored;
-            const envObj = Object.fromEntries(env.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
             if (criuKilled) inst.kill(); // time limit or kill request while restoring
             else {
               try {
@@ -600,9 +655,9 @@ export class Invoker extends EventEmitter {
     // ---- classify the end
     let state: InvocationState;
     let error: InvocationError | undefined;
-    const counters = sb.cgroup.counters();
-    const oom = counters.oomKills > sb.baseline.oomKills;
-    const pidsHit = counters.pidsMaxEvents > sb.baseline.pidsMaxEvents;
+    const counters = sb?.cgroup.counters();
+    const oom = sb && counters ? counters.oomKills > sb.baseline.oomKills : vmOom;
+    const pidsHit = sb && counters ? counters.pidsMaxEvents > sb.baseline.pidsMaxEvents : false;
     const exitStatus = 'status' in exit ? exit.status : undefined;
     // a "fresh" invocation (the benchmark's baseline) never hands its sandbox on
     let reuse = !params.fresh;
@@ -620,7 +675,9 @@ export class Invoker extends EventEmitter {
       state = 'oom';
       error = {
         type: 'OutOfMemory',
-        message: `the handler exceeded its memory limit of ${m.limits.memoryMb} MiB and was killed by the kernel (raise limits.memoryMb if this is expected)`,
+        message: vmA
+          ? `the handler ran the microVM (${vmA.vm.cfg.memoryMb} MiB of RAM) out of memory and the guest kernel killed it (raise limits.memoryMb if this is expected)`
+          : `the handler exceeded its memory limit of ${m.limits.memoryMb} MiB and was killed by the kernel (raise limits.memoryMb if this is expected)`,
         phase: 'limit',
       };
     } else if (result && (exitStatus === 'exited:0' || endedAfterResult)) {
@@ -639,12 +696,121 @@ export class Invoker extends EventEmitter {
 
     // Record the end before releasing: the sandbox cleanup is off the caller's critical path.
     const final = finish(state, { exit: exitStatus, ...(result ? { result: result.value } : {}), ...(error ? { error } : {}) });
+    if (vmA) {
+      // a VM serves one invocation: destroyed, never handed on (the pool restores fresh clones)
+      const t0 = process.hrtime.bigint();
+      const vm = vmA.vm;
+      void this.vms!.pool.release(vm).then(() => span('cleanup.vm.destroy', t0, process.hrtime.bigint(), { pid: vm.pid }));
+      return final;
+    }
     // Cleanup spans are added to the trace afterwards, so the whole life of the sandbox is visible.
     void this.pool
-      .release(sb, reuse)
+      .release(sb!, reuse)
       .then((spans) => nativeSpans('cleanup', spans))
       .catch(() => undefined);
     return final;
+  }
+
+  /**
+   * A microVM for the invocation: a clone of the agent's VM template (built or rebuilt here when
+   * missing or stale; from the warm pool when one is ready), or a cold boot when templates are off
+   * or the template cannot be had. The VM's own steps (spawn, load state, resume, guest ready, or
+   * boot) become spans; a pool clone's steps carry `prewarmed` (they ran before this invocation).
+   */
+  private async acquireVm(
+    agent: LoadedAgent,
+    params: InvokeParams,
+    log: (stream: LogLine['stream'], text: string, level?: LogLine['level']) => void,
+    span: (name: string, startNs: bigint, endNs: bigint, attrs?: TraceSpan['attrs'], note?: string) => void,
+  ): Promise<VmAcquired> {
+    const vms = this.vms!;
+    const root = vms.root();
+    let acq: VmAcquired | undefined;
+    if (params.template !== false) {
+      const t0 = process.hrtime.bigint();
+      try {
+        const t = await vms.templates.forInvoke(agent, root, (msg) => log('system', msg, 'info'));
+        if (t.rebuilt) log('system', `VM template ${t.meta.name} was built: ${t.rebuilt}`, 'info');
+        span('template.pick', t0, process.hrtime.bigint(), { template: t.meta.name, kind: 'vm', root, ...(t.rebuilt ? { rebuilt: t.rebuilt } : {}) });
+        acq = await vms.pool.acquire(t);
+      } catch (e) {
+        log('system', `VM template unavailable (${(e as Error).message}): booting a VM cold`, 'warn');
+        span('template.pick', t0, process.hrtime.bigint(), { result: 'cold-fallback' }, (e as Error).message);
+      }
+    }
+    acq ??= { vm: await vms.pool.boot(agent, root), how: 'vm-boot', prewarmed: false };
+    for (const s of acq.vm.spans) span(s.name, s.startNs, s.endNs, { ...(s.attrs ?? {}), ...(acq.prewarmed ? { prewarmed: true } : {}) });
+    return acq;
+  }
+
+  /**
+   * Runs the handler in the VM through the guest agent: a clone gets its identity fixed (clock,
+   * kernel RNG, hostname) and the event in an envelope (re-seed + this invocation's env) for the
+   * shim that was waiting in the template; a cold VM starts the shim and gets the bare event.
+   * Output and the exit arrive as guest messages and go through the same handlers as containers.
+   */
+  private runInVm(
+    acq: VmAcquired,
+    agent: LoadedAgent,
+    event: unknown,
+    env: Record<string, string>,
+    h: RunHandlers,
+    cb: {
+      killed: () => boolean;
+      oom: () => void;
+      sent: () => void;
+      identity: (t0: bigint, t1: bigint, attrs: TraceSpan['attrs']) => void;
+      done: (v: { status: string; ns: bigint } | { error: string }) => void;
+    },
+  ): void {
+    const vm = acq.vm;
+    let ended = false;
+    const end = (status: string, ns: bigint) => {
+      if (ended) return;
+      ended = true;
+      h.onExit(status, ns);
+    };
+    vm.chan.on('msg', (msg: GuestMsg, ns: bigint) => {
+      if (msg.t === 'data' && msg.b64) h.onData(msg.fd === 'out' ? 'out' : msg.fd === 'err' ? 'err' : 'chan', ns, Buffer.from(msg.b64, 'base64'));
+      else if (msg.t === 'started') h.onStarted(Number(msg.pid), ns);
+      else if (msg.t === 'exit') {
+        if (msg.oom) cb.oom();
+        end(String(msg.status), ns);
+      }
+    });
+    vm.once('exit', () => {
+      if (ended) return;
+      if (cb.killed()) end('signaled:9', process.hrtime.bigint());
+      else {
+        ended = true;
+        cb.done({ error: vm.trouble() });
+      }
+    });
+    void (async () => {
+      if (acq.how === 'vm-clone') {
+        const t0 = process.hrtime.bigint();
+        const hostname = vm.cfg.id;
+        await vm.chan.request('clock', { epoch_ns: (BigInt(Date.now()) * 1_000_000n).toString() });
+        await vm.chan.request('seed', { hex: crypto.randomBytes(64).toString('hex') });
+        await vm.chan.request('hostname', { name: hostname });
+        cb.identity(t0, process.hrtime.bigint(), {
+          clock: 'wall clock set from the host',
+          rng: 'kernel CRNG reseeded with 64 host bytes (RNDADDENTROPY + RNDRESEEDCRNG); runtime RNGs re-seeded by the shim',
+          hostname,
+        });
+        const envelope = { trenv: { seed: crypto.randomBytes(32).toString('hex'), env }, event };
+        await vm.chan.request('stdin', { b64: Buffer.from(JSON.stringify(envelope)).toString('base64'), close: true });
+      } else {
+        cb.sent();
+        await vm.chan.request('start', this.vms!.pool.startArgs(agent, env));
+        await vm.chan.request('stdin', { b64: Buffer.from(JSON.stringify(event)).toString('base64'), close: true });
+      }
+    })().catch((e: Error) => {
+      if (!ended && !vm.exited) {
+        ended = true;
+        cb.done({ error: e.message });
+      }
+    });
   }
 
   /** Kills every running invocation (daemon shutdown): each still ends in a recorded state. */

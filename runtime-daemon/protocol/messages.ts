@@ -38,8 +38,8 @@ export interface InvocationSummary {
   runtime: string;
   sandboxKind: SandboxKind;
   sandboxId?: string;
-  /** how the sandbox was obtained */
-  start?: 'fresh' | 'repurposed';
+  /** how the sandbox was obtained (microVMs: booted cold, or a clone restored from a VM template) */
+  start?: 'fresh' | 'repurposed' | 'vm-boot' | 'vm-clone';
   /** the memory template the instance started from (absent: a cold runtime start) */
   template?: string;
   state: InvocationState;
@@ -216,7 +216,7 @@ export const Methods = {
   unsubscribe: new RequestType<SubscribeParams, { ok: true }, void>('trenv/unsubscribe'),
   configurePool: new RequestType<Partial<PoolConfig>, PoolConfig, void>('trenv/configurePool'),
   shutdown: new RequestType0<{ ok: true }, void>('trenv/shutdown'),
-  buildTemplate: new RequestType<{ agentDir: string }, TemplateInfo, void>('trenv/buildTemplate'),
+  buildTemplate: new RequestType<{ agentDir: string; vm?: boolean }, TemplateInfo, void>('trenv/buildTemplate'),
   listTemplates: new RequestType0<TemplateInfo[], void>('trenv/listTemplates'),
   deleteTemplate: new RequestType<{ name: string }, { deleted: boolean }, void>('trenv/deleteTemplate'),
 } as const;

@@ -1,0 +1,526 @@
+// trenv-guest: the guest agent of a trenv microVM.
+//
+// Runs as PID 1 of the guest (exec'd by the initramfs /init after switch_root) and speaks JSON
+// lines with the daemon over a virtio-serial port (/dev/vport*p*, named org.trenv.0): vsock is not
+// available on this machine. One request per line, each answered by an `ack` with its id; the
+// handler's output and its exit arrive as asynchronous messages. See PROTOCOL-guest.md.
+//
+// JSON is parsed and written with cJSON (Debian's libcjson). Byte streams travel base64-encoded so
+// a chunk that splits a UTF-8 sequence or carries binary output is passed on exactly.
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <grp.h>
+#include <linux/random.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PORT_NAME "org.trenv.0"
+#define MAX_LINE (32 * 1024 * 1024)
+
+static int port_fd = -1;
+static pid_t child = 0;            // the running runtime shim (its own process group)
+static int child_in = -1;          // its stdin
+static int child_fd[3] = {-1, -1, -1}; // its stdout, stderr, chan (fd 3)
+static const char *fd_names[3] = {"out", "err", "chan"};
+static int exit_pending = 0;       // child exited; report once its pipes are drained
+static int exit_status = 0;
+static unsigned long oom_at_start = 0;
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void console(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "trenv-guest: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+}
+
+// ---- output to the host
+
+static void write_all(int fd, const char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd pf = {.fd = fd, .events = POLLOUT};
+        poll(&pf, 1, 100);
+        continue;
+      }
+      console("write to the host failed: %s", strerror(errno));
+      return;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+static void send_json(cJSON *o) {
+  char num[32];
+  snprintf(num, sizeof num, "%llu", (unsigned long long)mono_ns());
+  cJSON_AddStringToObject(o, "mono_ns", num);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!s) return;
+  size_t n = strlen(s);
+  s[n] = '\n'; // cJSON allocates n+1 bytes: the NUL becomes the line end
+  write_all(port_fd, s, n + 1);
+  free(s);
+}
+
+static void ack(double id, const char *err, cJSON *extra) {
+  cJSON *o = extra ? extra : cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "t", "ack");
+  cJSON_AddNumberToObject(o, "id", id);
+  cJSON_AddBoolToObject(o, "ok", err == NULL);
+  if (err) cJSON_AddStringToObject(o, "error", err);
+  send_json(o);
+}
+
+// ---- base64 (RFC 4648, with padding)
+
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const unsigned char *in, size_t n) {
+  char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
+  if (!out) return NULL;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+    *o++ = b64chars[v >> 18 & 63];
+    *o++ = b64chars[v >> 12 & 63];
+    *o++ = i + 1 < n ? b64chars[v >> 6 & 63] : '=';
+    *o++ = i + 2 < n ? b64chars[v & 63] : '=';
+  }
+  *o = 0;
+  return out;
+}
+
+// Decodes into a new buffer; returns NULL on a character outside the alphabet.
+static unsigned char *b64_decode(const char *in, size_t *outlen) {
+  size_t n = strlen(in);
+  unsigned char *out = malloc(n / 4 * 3 + 3), *o = out;
+  if (!out) return NULL;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *p = strchr(b64chars, in[i]);
+    if (in[i] == '=') break;
+    if (!p || !in[i]) {
+      free(out);
+      return NULL;
+    }
+    acc = acc << 6 | (uint32_t)(p - b64chars);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      *o++ = (unsigned char)(acc >> bits & 0xff);
+    }
+  }
+  *outlen = (size_t)(o - out);
+  return out;
+}
+
+// ---- helpers
+
+static int mkdirs(const char *path, mode_t mode) {
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(tmp, mode) && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  return mkdir(tmp, mode) && errno != EEXIST ? -1 : 0;
+}
+
+static unsigned long vmstat(const char *key) {
+  FILE *f = fopen("/proc/vmstat", "r");
+  char k[64];
+  unsigned long v, r = 0;
+  if (!f) return 0;
+  while (fscanf(f, "%63s %lu", k, &v) == 2)
+    if (!strcmp(k, key)) r = v;
+  fclose(f);
+  return r;
+}
+
+// ---- requests
+
+// {"op":"files","dir":"/app","files":[{"path":"a.py","mode":420,"b64":"..."}]}
+static const char *op_files(cJSON *req) {
+  const char *dir = cJSON_GetStringValue(cJSON_GetObjectItem(req, "dir"));
+  cJSON *files = cJSON_GetObjectItem(req, "files"), *f;
+  static char err[512];
+  if (!dir || dir[0] != '/' || !cJSON_IsArray(files)) return "files needs an absolute dir and a files array";
+  if (mkdirs(dir, 0755)) return "cannot create the target dir";
+  cJSON_ArrayForEach(f, files) {
+    const char *rel = cJSON_GetStringValue(cJSON_GetObjectItem(f, "path"));
+    const char *data = cJSON_GetStringValue(cJSON_GetObjectItem(f, "b64"));
+    cJSON *mode = cJSON_GetObjectItem(f, "mode");
+    if (!rel || !data || rel[0] == '/' || strstr(rel, "..")) return "a file needs a relative path (no ..) and b64 data";
+    char full[4096];
+    snprintf(full, sizeof full, "%s/%s", dir, rel);
+    char *slash = strrchr(full, '/');
+    *slash = 0;
+    if (mkdirs(full, 0755)) return "cannot create a folder of the agent";
+    *slash = '/';
+    size_t n;
+    unsigned char *bytes = b64_decode(data, &n);
+    if (!bytes) return "bad base64 in a file";
+    int fd = open(full, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, cJSON_IsNumber(mode) ? (mode_t)mode->valueint & 0777 : 0644);
+    if (fd < 0) {
+      free(bytes);
+      snprintf(err, sizeof err, "open %.300s: %s", full, strerror(errno));
+      return err;
+    }
+    write_all(fd, (char *)bytes, n);
+    close(fd);
+    free(bytes);
+  }
+  return NULL;
+}
+
+static char **str_array(cJSON *arr) {
+  int n = cJSON_GetArraySize(arr), i = 0;
+  char **v = calloc((size_t)n + 1, sizeof *v);
+  cJSON *it;
+  cJSON_ArrayForEach(it, arr) {
+    if (!cJSON_IsString(it)) {
+      free(v);
+      return NULL;
+    }
+    v[i++] = it->valuestring;
+  }
+  return v;
+}
+
+// {"op":"start","argv":[...],"env":["K=V"...],"cwd":"/app","uid":1000,"gid":1000}
+static const char *op_start(cJSON *req) {
+  if (child) return "a runtime is already running in this VM";
+  cJSON *ja = cJSON_GetObjectItem(req, "argv"), *je = cJSON_GetObjectItem(req, "env");
+  const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(req, "cwd"));
+  cJSON *juid = cJSON_GetObjectItem(req, "uid"), *jgid = cJSON_GetObjectItem(req, "gid");
+  if (!cJSON_IsArray(ja) || cJSON_GetArraySize(ja) < 1 || !cJSON_IsArray(je)) return "start needs argv and env arrays";
+  char **argv = str_array(ja), **envp = str_array(je);
+  if (!argv || !envp) {
+    free(argv);
+    free(envp);
+    return "argv and env must be strings";
+  }
+  int in[2], out[3][2];
+  if (pipe2(in, O_CLOEXEC)) return "pipe failed";
+  for (int i = 0; i < 3; i++)
+    if (pipe2(out[i], O_CLOEXEC)) return "pipe failed";
+  oom_at_start = vmstat("oom_kill");
+  pid_t pid = fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    setpgid(0, 0);
+    dup2(in[0], 0);
+    dup2(out[0][1], 1);
+    dup2(out[1][1], 2);
+    dup2(out[2][1], 3);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (cwd && chdir(cwd)) _exit(126);
+    if (cJSON_IsNumber(jgid)) {
+      gid_t g = (gid_t)jgid->valueint;
+      if (setgroups(1, &g) || setresgid(g, g, g)) _exit(126);
+    }
+    if (cJSON_IsNumber(juid) && setresuid((uid_t)juid->valueint, (uid_t)juid->valueint, (uid_t)juid->valueint)) _exit(126);
+    execve(argv[0], argv, envp);
+    dprintf(3, "{\"t\":\"error\",\"phase\":\"load\",\"error\":{\"type\":\"ExecError\",\"message\":\"exec %s failed: %s\"}}\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  free(argv);
+  free(envp);
+  close(in[0]);
+  child_in = in[1];
+  for (int i = 0; i < 3; i++) {
+    close(out[i][1]);
+    child_fd[i] = out[i][0];
+    fcntl(child_fd[i], F_SETFL, O_NONBLOCK);
+  }
+  child = pid;
+  exit_pending = 0;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "t", "started");
+  cJSON_AddNumberToObject(o, "pid", pid);
+  send_json(o);
+  return NULL;
+}
+
+// {"op":"stdin","b64":"...","close":true}
+static const char *op_stdin(cJSON *req) {
+  const char *data = cJSON_GetStringValue(cJSON_GetObjectItem(req, "b64"));
+  if (child_in < 0) return "no runtime is waiting for input";
+  if (data) {
+    size_t n;
+    unsigned char *bytes = b64_decode(data, &n);
+    if (!bytes) return "bad base64";
+    write_all(child_in, (char *)bytes, n);
+    free(bytes);
+  }
+  if (cJSON_IsTrue(cJSON_GetObjectItem(req, "close"))) {
+    close(child_in);
+    child_in = -1;
+  }
+  return NULL;
+}
+
+// {"op":"clock","epoch_ns":"1700000000000000000"}: the template froze the wall clock
+static const char *op_clock(cJSON *req) {
+  const char *s = cJSON_GetStringValue(cJSON_GetObjectItem(req, "epoch_ns"));
+  if (!s) return "clock needs epoch_ns as a decimal string";
+  unsigned long long ns = strtoull(s, NULL, 10);
+  struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+  if (clock_settime(CLOCK_REALTIME, &ts)) return "clock_settime failed";
+  return NULL;
+}
+
+// {"op":"seed","hex":"..."}: credit fresh host entropy and force the kernel CRNG to reseed, so
+// clones of one template stop sharing the state the snapshot froze.
+static const char *op_seed(cJSON *req) {
+  const char *hex = cJSON_GetStringValue(cJSON_GetObjectItem(req, "hex"));
+  size_t n = hex ? strlen(hex) / 2 : 0;
+  if (n < 16 || n > 512) return "seed needs 16..512 bytes as hex";
+  struct {
+    struct rand_pool_info info;
+    unsigned char buf[512];
+  } p;
+  for (size_t i = 0; i < n; i++) {
+    unsigned v;
+    if (sscanf(hex + 2 * i, "%2x", &v) != 1) return "seed: bad hex";
+    p.buf[i] = (unsigned char)v;
+  }
+  p.info.entropy_count = (int)(n * 8);
+  p.info.buf_size = (int)n;
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return "open /dev/urandom failed";
+  int r = ioctl(fd, RNDADDENTROPY, &p.info);
+  if (r == 0) r = ioctl(fd, RNDRESEEDCRNG);
+  close(fd);
+  return r ? "RNDADDENTROPY/RNDRESEEDCRNG failed" : NULL;
+}
+
+// {"op":"mem"}: the guest's view of its memory (kB from /proc/meminfo) and the runtime's RSS
+static cJSON *mem_report(void) {
+  cJSON *o = cJSON_CreateObject();
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[256], key[64];
+  unsigned long v;
+  static const char *keys[] = {"MemTotal", "MemFree", "MemAvailable", "Cached", "Shmem", "AnonPages", "Buffers", NULL};
+  while (f && fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%63[^:]: %lu", key, &v) != 2) continue;
+    for (int i = 0; keys[i]; i++)
+      if (!strcmp(key, keys[i])) cJSON_AddNumberToObject(o, keys[i], (double)v);
+  }
+  if (f) fclose(f);
+  if (child) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", child);
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+      if (sscanf(line, "VmRSS: %lu", &v) == 1) cJSON_AddNumberToObject(o, "RuntimeRss", (double)v);
+    if (f) fclose(f);
+  }
+  return o;
+}
+
+static void reap(void) {
+  int st;
+  pid_t p;
+  while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+    if (p == child) {
+      exit_pending = 1;
+      exit_status = st;
+      kill(-child, SIGKILL); // whatever the handler left behind in its group
+    }
+  }
+}
+
+static void report_exit(void) {
+  char status[64];
+  if (WIFEXITED(exit_status)) snprintf(status, sizeof status, "exited:%d", WEXITSTATUS(exit_status));
+  else snprintf(status, sizeof status, "signaled:%d", WTERMSIG(exit_status));
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "t", "exit");
+  cJSON_AddStringToObject(o, "status", status);
+  cJSON_AddBoolToObject(o, "oom", vmstat("oom_kill") > oom_at_start);
+  send_json(o);
+  if (child_in >= 0) close(child_in);
+  child_in = -1;
+  child = 0;
+  exit_pending = 0;
+}
+
+static void handle(char *line) {
+  cJSON *req = cJSON_Parse(line);
+  if (!req) {
+    ack(-1, "not JSON", NULL);
+    return;
+  }
+  cJSON *jid = cJSON_GetObjectItem(req, "id");
+  double id = cJSON_IsNumber(jid) ? jid->valuedouble : -1;
+  const char *op = cJSON_GetStringValue(cJSON_GetObjectItem(req, "op"));
+  const char *err = NULL;
+  cJSON *extra = NULL;
+  if (!op) err = "no op";
+  else if (!strcmp(op, "ping")) err = NULL;
+  else if (!strcmp(op, "files")) err = op_files(req);
+  else if (!strcmp(op, "start")) err = op_start(req);
+  else if (!strcmp(op, "stdin")) err = op_stdin(req);
+  else if (!strcmp(op, "clock")) err = op_clock(req);
+  else if (!strcmp(op, "seed")) err = op_seed(req);
+  else if (!strcmp(op, "mem")) extra = mem_report();
+  else if (!strcmp(op, "kill")) {
+    if (child) kill(-child, SIGKILL);
+  } else if (!strcmp(op, "hostname")) {
+    const char *h = cJSON_GetStringValue(cJSON_GetObjectItem(req, "name"));
+    if (!h || sethostname(h, strlen(h))) err = "sethostname failed";
+  } else if (!strcmp(op, "poweroff")) {
+    ack(id, NULL, NULL);
+    sync();
+    reboot(RB_POWER_OFF);
+  } else err = "unknown op";
+  ack(id, err, extra);
+  cJSON_Delete(req);
+}
+
+static int open_port(void) {
+  glob_t g;
+  int fd = -1;
+  if (glob("/sys/class/virtio-ports/*/name", 0, NULL, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc && fd < 0; i++) {
+      char name[64] = {0};
+      FILE *f = fopen(g.gl_pathv[i], "r");
+      if (!f) continue;
+      if (fgets(name, sizeof name, f) && !strncmp(name, PORT_NAME, strlen(PORT_NAME))) {
+        char dev[128];
+        const char *base = g.gl_pathv[i] + strlen("/sys/class/virtio-ports/");
+        snprintf(dev, sizeof dev, "/dev/%.*s", (int)(strchr(base, '/') - base), base);
+        fd = open(dev, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+      }
+      fclose(f);
+    }
+    globfree(&g);
+  }
+  return fd;
+}
+
+int main(void) {
+  // PID 1: children's exits arrive on a signalfd, so an idle guest sleeps in poll() (no timer wake-ups:
+  // under TCG every wake-up costs host CPU, and pooled clones sit idle)
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  int sig_fd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+  for (int i = 0; i < 100 && (port_fd = open_port()) < 0; i++) usleep(20000);
+  if (port_fd < 0) {
+    console("no virtio-serial port named %s", PORT_NAME);
+    reboot(RB_POWER_OFF);
+    return 1;
+  }
+  {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "t", "ready");
+    struct timespec bt;
+    clock_gettime(CLOCK_BOOTTIME, &bt);
+    cJSON_AddNumberToObject(o, "boot_ms", (double)bt.tv_sec * 1e3 + (double)bt.tv_nsec / 1e6);
+    send_json(o);
+  }
+  size_t cap = 65536, len = 0;
+  char *buf = malloc(cap);
+  char chunk[65536];
+  for (;;) {
+    struct pollfd pf[5] = {{.fd = port_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
+    int n = 2;
+    for (int i = 0; i < 3; i++) pf[n++] = (struct pollfd){.fd = child_fd[i], .events = POLLIN};
+    int r = poll(pf, (nfds_t)n, exit_pending ? 10 : -1);
+    if (pf[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sig_fd, &si, sizeof si) == sizeof si) {
+      }
+    }
+    reap();
+    if (r < 0 && errno != EINTR) break;
+    if (pf[0].revents & (POLLIN | POLLHUP)) {
+      ssize_t got = read(port_fd, chunk, sizeof chunk);
+      if (got > 0) {
+        if (len + (size_t)got + 1 > cap) {
+          while (len + (size_t)got + 1 > cap) cap *= 2;
+          if (cap > MAX_LINE) {
+            console("request line too long: dropped");
+            len = 0;
+            cap = 65536;
+          }
+          buf = realloc(buf, cap);
+        }
+        memcpy(buf + len, chunk, (size_t)got);
+        len += (size_t)got;
+        char *nl;
+        while ((nl = memchr(buf, '\n', len))) {
+          *nl = 0;
+          handle(buf);
+          size_t rest = len - (size_t)(nl + 1 - buf);
+          memmove(buf, nl + 1, rest);
+          len = rest;
+        }
+      } else if (got == 0 || (pf[0].revents & POLLHUP)) {
+        usleep(20000); // host side not connected (between a template save and a clone's connect)
+      }
+    }
+    int open_fds = 0;
+    for (int i = 0; i < 3; i++) {
+      if (child_fd[i] < 0) continue;
+      if (!(pf[2 + i].revents & (POLLIN | POLLHUP | POLLERR))) {
+        open_fds++;
+        continue;
+      }
+      ssize_t got = read(child_fd[i], chunk, sizeof chunk);
+      if (got > 0) {
+        char *b = b64_encode((unsigned char *)chunk, (size_t)got);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "t", "data");
+        cJSON_AddStringToObject(o, "fd", fd_names[i]);
+        cJSON_AddStringToObject(o, "b64", b);
+        free(b);
+        send_json(o);
+        open_fds++;
+      } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+        close(child_fd[i]);
+        child_fd[i] = -1;
+      } else open_fds++;
+    }
+    if (exit_pending && !open_fds) report_exit();
+  }
+  return 0;
+}
