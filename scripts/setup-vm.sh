@@ -147,4 +147,8 @@ cat > "$OUT.tmp/image.json" <<EOF
 EOF
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 ln -sfn "$KEY" "$VM_DIR/current"
+# older builds: their templates are stale now (the image key is part of a template's version)
+for old in "$VM_DIR"/*/image.json; do
+  d=$(dirname "$old"); [ "$d" = "$OUT" ] || rm -rf "$d"
+done
 log "built $OUT: rootfs ${size_mb} MiB, initrd $(du -k "$OUT/initrd.cpio" | cut -f1) KiB"

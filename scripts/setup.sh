@@ -39,6 +39,9 @@ fi
 # ---- CRIU 4 in a private prefix (Debian 12's criu 3.17 fails on this kernel): Node templates, CRIU baseline
 bash scripts/setup-criu.sh || echo "setup: CRIU is unavailable ($?): Node agents run without memory templates" >&2
 
+# ---- microVMs: QEMU, the guest kernel (downloaded, not installed), initramfs and root filesystem image
+bash scripts/setup-vm.sh || echo "setup: microVM images could not be built ($?): invoking with --vm will say why" >&2
+
 # ---- native sandbox manager and bundles
 log "building the native sandbox manager"
 make -s -C runtime-daemon/native

@@ -25,7 +25,7 @@ const USAGE = `usage: trenv <command> [options]
 
   daemon start [--port N] [--foreground]   start the daemon (needs root: use sudo)
   daemon stop | daemon status
-  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh] [--no-template] [--vm]
+  invoke <agent-dir> [--event JSON|@file] [--env K=V ...] [--json] [--trace] [--fresh] [--no-template] [--vm [--vm-root pmem|blk]]
   template build <agent-dir> [--vm] | template ls | template rm <name>
   ps [--limit N] [--json]                  recent invocations and live sandboxes
   logs <invocation> [--follow] [--json]    logs of an invocation (id or unique prefix/suffix)
@@ -148,7 +148,7 @@ async function daemonStop(stateDir: string): Promise<void> {
 async function invoke(
   stateDir: string,
   dir: string,
-  o: { event?: string; env?: string[]; json?: boolean; trace?: boolean; fresh?: boolean; vm?: boolean; 'no-template'?: boolean },
+  o: { event?: string; env?: string[]; json?: boolean; trace?: boolean; fresh?: boolean; vm?: boolean; 'vm-root'?: string; 'no-template'?: boolean },
 ): Promise<number> {
   const event = parseEvent(o.event);
   return withDaemon(stateDir, async (rpc) => {
@@ -162,7 +162,8 @@ async function invoke(
       stream: !o.json,
       fresh: o.fresh,
       template: o['no-template'] ? false : undefined,
-      sandbox: o.vm ? 'vm' : undefined,
+      sandbox: o.vm || o['vm-root'] ? 'vm' : undefined,
+      ...(o['vm-root'] ? { vmRoot: o['vm-root'] === 'blk' ? 'blk' : 'pmem' } : {}),
     });
     const detail = o.trace || o.json ? await rpc.sendRequest(Methods.getInvocation, { id: rec.id }) : undefined;
     if (o.json) {
@@ -223,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
       trace: { type: 'boolean' },
       fresh: { type: 'boolean' },
       vm: { type: 'boolean' },
+      'vm-root': { type: 'string' },
       'no-template': { type: 'boolean' },
       follow: { type: 'boolean', short: 'f' },
       limit: { type: 'string' },

@@ -192,6 +192,7 @@ export class Daemon {
     const getAccel = () => (accel ??= probeAccel(getImage(), vmsDir, path.join(this.paths.root, 'vm-accel.json'), this.log));
     this.vmTemplates = new VmTemplateManager(path.join(this.paths.root, 'vm-templates'), vmsDir, getImage, getAccel);
     this.vmPool = new VmPool(vmsDir, getImage, getAccel, undefined, this.log);
+    this.vmTemplates.on('removed', (name: string) => void this.vmPool?.drop(name));
     this.vmPool.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
   }
 
@@ -304,6 +305,8 @@ export class Daemon {
       if (p.env !== undefined && (!isObject(p.env) || Object.values(p.env).some((v) => typeof v !== 'string'))) {
         throw paramsError('"env" must be an object of string values');
       }
+      if (p.sandbox !== undefined && p.sandbox !== 'container' && p.sandbox !== 'vm') throw paramsError('"sandbox" must be "container" or "vm"');
+      if (p.vmRoot !== undefined && p.vmRoot !== 'pmem' && p.vmRoot !== 'blk') throw paramsError('"vmRoot" must be "pmem" (DAX) or "blk"');
       let agent;
       try {
         agent = this.invoker.prepare(p);

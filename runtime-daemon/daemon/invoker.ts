@@ -724,7 +724,7 @@ export class Invoker extends EventEmitter {
     span: (name: string, startNs: bigint, endNs: bigint, attrs?: TraceSpan['attrs'], note?: string) => void,
   ): Promise<VmAcquired> {
     const vms = this.vms!;
-    const root = vms.root();
+    const root = params.vmRoot ?? vms.root();
     let acq: VmAcquired | undefined;
     if (params.template !== false) {
       const t0 = process.hrtime.bigint();

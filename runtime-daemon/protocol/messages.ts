@@ -107,6 +107,8 @@ export interface InvokeParams {
   /** extra env (overrides the manifest's) */
   env?: Record<string, string>;
   sandbox?: SandboxKind;
+  /** microVMs: the root filesystem on virtio-pmem with DAX (default: no guest page cache of it) or a plain virtio-blk disk */
+  vmRoot?: 'pmem' | 'blk';
   /** stream this invocation's logs/spans/memory to the caller as notifications */
   stream?: boolean;
   /** force a fresh sandbox (no repurposing) - used by the benchmark's baseline */

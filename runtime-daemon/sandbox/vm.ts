@@ -277,11 +277,15 @@ export function qemuArgs(c: VmConfig): string[] {
     '-serial', `file:${path.join(c.dir, 'console.log')}`,
     '-kernel', c.image.vmlinuz,
     '-initrd', c.image.initrd,
-    '-append', `console=ttyS0 quiet panic=-1 swiotlb=noforce trenv.root=${c.root}`,
+    // unknown_nmi_panic: an NMI from the host (QMP inject-nmi) crashes a wedged guest on purpose
+    '-append', `console=ttyS0 quiet panic=-1 unknown_nmi_panic=1 swiotlb=noforce trenv.root=${c.root}`,
     '-device', 'virtio-serial-pci,id=vs',
     '-chardev', `socket,id=ch,path=${path.join(c.dir, 'chan.sock')},server=on,wait=off`,
     '-device', 'virtserialport,bus=vs.0,chardev=ch,name=org.trenv.0',
     '-qmp', `unix:${path.join(c.dir, 'qmp.sock')},server=on,wait=off`,
+    // a second QMP monitor for the developer's own tools (qmp-shell, an NMI to crash a wedged
+    // guest): QEMU serves one client per monitor and the daemon holds the first
+    '-qmp', `unix:${path.join(c.dir, 'qmp-user.sock')},server=on,wait=off`,
   ];
   if (c.root === 'pmem') {
     args.push(

@@ -10,10 +10,11 @@
  * survives daemon restarts (it is only files).
  */
 import * as crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { LoadedAgent } from '../manifest/manifest';
-import { Accel, RootKind, Vm, VmError, VmImage, withTimeout } from '../sandbox/vm';
+import { Accel, qemuArgs, RootKind, Vm, VmError, VmImage, withTimeout } from '../sandbox/vm';
 import { agentHash } from './templates';
 
 export const VM_TEMPLATE_FORMAT = 1;
@@ -101,7 +102,8 @@ async function sha256File(p: string): Promise<string> {
   return h.digest('hex');
 }
 
-export class VmTemplateManager {
+/** Emits `removed` (name) when a template is deleted or replaced: its warm clones must go too. */
+export class VmTemplateManager extends EventEmitter {
   /** templates whose files were checksummed in this daemon's life (by dir + mtime) */
   private readonly verified = new Map<string, number>();
   private readonly building = new Map<string, Promise<VmTemplate>>();
@@ -112,6 +114,7 @@ export class VmTemplateManager {
     private readonly image: () => VmImage,
     private readonly accel: () => Promise<Accel>,
   ) {
+    super();
     fs.mkdirSync(dir, { recursive: true });
     // a build that was cut short (daemon crash) leaves only a .building dir: remove it
     for (const e of fs.readdirSync(dir)) if (e.endsWith('.building')) fs.rmSync(path.join(dir, e), { recursive: true, force: true });
@@ -123,7 +126,13 @@ export class VmTemplateManager {
     const accel = await this.accel();
     const hash = agentHash(agent.dir);
     const memoryMb = vmMemoryMb(agent);
-    const v = crypto.createHash('sha256').update(JSON.stringify([VM_TEMPLATE_FORMAT, hash, image.key, memoryMb, root, accel, agent.manifest.runtime, agent.manifest.handler, agent.manifest.env])).digest('hex').slice(0, 12);
+    // the machine a clone must match: a change in QEMU's arguments (devices, kernel command line) makes old templates stale
+    const machine = qemuArgs({ id: '-', dir: '/-', image, accel, memoryMb, vcpus: 1, root, ram: { path: '/-', share: false } });
+    const v = crypto
+      .createHash('sha256')
+      .update(JSON.stringify([VM_TEMPLATE_FORMAT, hash, image.key, memoryMb, root, accel, agent.manifest.runtime, agent.manifest.handler, agent.manifest.env, machine]))
+      .digest('hex')
+      .slice(0, 12);
     return { name: `${agent.manifest.name}-${root}-${v}`, hash, image, accel, memoryMb };
   }
 
@@ -198,6 +207,7 @@ export class VmTemplateManager {
     // clones map the RAM file: unlinking is safe (their mappings keep the inode alive)
     fs.rmSync(d, { recursive: true, force: true });
     this.verified.delete(d);
+    this.emit('removed', name);
     return true;
   }
 
@@ -288,7 +298,7 @@ export class VmTemplateManager {
       };
       fs.writeFileSync(path.join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
       const final = path.join(this.dir, k.name);
-      fs.rmSync(final, { recursive: true, force: true });
+      if (fs.existsSync(final)) this.remove(k.name);
       fs.renameSync(tmp, final);
       const t = this.tplOf(k.name)!;
       this.verified.set(t.dir, fs.statSync(t.ramPath).mtimeMs + fs.statSync(t.statePath).mtimeMs);

@@ -268,8 +268,14 @@ def open_envelope(msg, chan):
             os.environ[k] = str(v)
     seed = meta.get("seed")
     if seed is not None:
+        import gc
         import random
         random.seed(bytes.fromhex(seed) + os.urandom(16))
+        # random.Random() objects made before the snapshot (module level) hold the same state in
+        # every clone: re-seed each one (SystemRandom draws from the kernel, already re-seeded)
+        for obj in gc.get_objects():
+            if isinstance(obj, random.Random) and not isinstance(obj, random.SystemRandom) and obj is not random._inst:
+                obj.seed(os.urandom(32))
         ssl = sys.modules.get("ssl")
         if ssl is not None:
             try:
