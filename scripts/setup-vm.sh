@@ -112,10 +112,10 @@ for a in $("$RF/bin/busybox" --list); do [ -e "$RF/bin/$a" ] || ln -s busybox "$
 cp /usr/bin/python3.11 "$RF/usr/bin/python3.11"; ln -s python3.11 "$RF/usr/bin/python3"
 cp /usr/bin/node "$RF/usr/bin/node"
 cp runtime-daemon/native/build/trenv-guest "$RF/sbin/trenv-guest"
-# the stdlib without its tests, GUI and build parts
+# the stdlib (with its compiled bytecode, so imports need no compiling) without its tests, GUI and build parts
 tar -C /usr/lib --exclude='python3.11/test' --exclude='python3.11/idlelib' --exclude='python3.11/tkinter' \
   --exclude='python3.11/turtledemo' --exclude='python3.11/lib2to3' --exclude='python3.11/ensurepip' \
-  --exclude='python3.11/config-3.11-x86_64-linux-gnu' --exclude='__pycache__' -cf - python3.11 | tar -C "$RF/usr/lib" -xf -
+  --exclude='python3.11/config-3.11-x86_64-linux-gnu' -cf - python3.11 | tar -C "$RF/usr/lib" -xf -
 cp -r runtime-daemon/runtimes/python runtime-daemon/runtimes/node "$RF/opt/trenv/runtimes/"
 # exactly the shared libraries these binaries load
 for b in /usr/bin/python3.11 /usr/bin/node runtime-daemon/native/build/trenv-guest /usr/lib/python3.11/lib-dynload/*.so; do
@@ -149,6 +149,6 @@ rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 ln -sfn "$KEY" "$VM_DIR/current"
 # older builds: their templates are stale now (the image key is part of a template's version)
 for old in "$VM_DIR"/*/image.json; do
-  d=$(dirname "$old"); [ "$d" = "$OUT" ] || rm -rf "$d"
+  d=$(dirname "$old"); [ -L "$d" ] || [ "$d" = "$OUT" ] || rm -rf "$d"
 done
 log "built $OUT: rootfs ${size_mb} MiB, initrd $(du -k "$OUT/initrd.cpio" | cut -f1) KiB"

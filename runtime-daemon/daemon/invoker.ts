@@ -7,6 +7,7 @@ import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type {
   DebugReady,
+  GuestMemory,
   InvocationError,
   InvocationRecord,
   InvocationState,
@@ -28,7 +29,7 @@ import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
 import { CriuInstance, nsPidOf, restoreInto } from '../template/criu';
 import { TemplateManager, TemplateMeta } from '../template/templates';
-import type { GuestMsg, RootKind } from '../sandbox/vm';
+import { guestMemory, GuestMsg, RootKind } from '../sandbox/vm';
 import type { VmAcquired, VmPool } from '../sandbox/vmPool';
 import type { VmTemplateManager } from '../template/vmTemplates';
 
@@ -413,6 +414,7 @@ export class Invoker extends EventEmitter {
     let tRunSent = 0n;
     let vmKilled = false;
     let vmOom = false;
+    let guestMem: GuestMemory | undefined;
     let tStarted = 0n;
     let tLoaded = 0n;
     let tHandler = 0n;
@@ -510,6 +512,11 @@ export class Invoker extends EventEmitter {
         const pids = vmA ? (vmA.vm.exited ? [] : [vmA.vm.pid]) : sb!.workerPids();
         if (!pids.length) return;
         const s = sampleProcesses(pids, vmA ? undefined : sb!.cgroup.usageBytes());
+        if (vmA) {
+          // the guest's own numbers come from its agent, one sample late (no waiting on the guest here)
+          if (guestMem) s.guest = guestMem;
+          void vmA.vm.chan.request('mem', {}, 2000).then((g) => (guestMem = guestMemory(g)), () => undefined);
+        }
         this.store.append(id, 'memory', s);
         this.emit('memory', id, s);
       }, SAMPLE_MS);
@@ -565,6 +572,12 @@ export class Invoker extends EventEmitter {
           this.runInVm(vmA, agent, params.event ?? {}, envObj, handlers, {
             killed: () => vmKilled,
             oom: () => (vmOom = true),
+            guest: (g) => {
+              // the last sample: the guest as the handler left it (page cache, runtime RSS)
+              const s = { ...sampleProcesses([vmA!.vm.pid]), guest: g };
+              this.store.append(id, 'memory', s);
+              this.emit('memory', id, s);
+            },
             sent: () => (tRunSent = process.hrtime.bigint()),
             identity: (t0, t1, attrs) => {
               span('guest.identity', t0, t1, attrs);
@@ -758,6 +771,7 @@ export class Invoker extends EventEmitter {
     cb: {
       killed: () => boolean;
       oom: () => void;
+      guest: (g: GuestMemory) => void;
       sent: () => void;
       identity: (t0: bigint, t1: bigint, attrs: TraceSpan['attrs']) => void;
       done: (v: { status: string; ns: bigint } | { error: string }) => void;
@@ -775,7 +789,10 @@ export class Invoker extends EventEmitter {
       else if (msg.t === 'started') h.onStarted(Number(msg.pid), ns);
       else if (msg.t === 'exit') {
         if (msg.oom) cb.oom();
-        end(String(msg.status), ns);
+        void vm.chan
+          .request('mem', {}, 2000)
+          .then((g) => cb.guest(guestMemory(g)), () => undefined)
+          .finally(() => end(String(msg.status), ns));
       }
     });
     vm.once('exit', () => {

@@ -85,6 +85,17 @@ export interface MemorySample {
   /** bytes charged to the sandbox's memory cgroup */
   cgroupBytes?: number;
   processes: number;
+  /** microVMs: the guest's own view (kB, /proc/meminfo in the guest); cachedKb is its page cache incl. tmpfs */
+  guest?: GuestMemory;
+}
+
+export interface GuestMemory {
+  totalKb: number;
+  availableKb: number;
+  cachedKb: number;
+  anonKb: number;
+  /** the runtime process's RSS in the guest */
+  runtimeRssKb?: number;
 }
 
 export type LogStream = 'stdout' | 'stderr' | 'log' | 'system';

@@ -14,6 +14,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import type { GuestMemory } from '../protocol/messages';
 
 export type RootKind = 'pmem' | 'blk';
 export type Accel = 'kvm' | 'tcg';
@@ -304,6 +305,18 @@ export interface Span {
   startNs: bigint;
   endNs: bigint;
   attrs?: Record<string, string | number | boolean>;
+}
+
+/** The guest agent's `mem` answer as a GuestMemory. */
+export function guestMemory(m: GuestMsg): GuestMemory {
+  const n = (k: string) => (typeof m[k] === 'number' ? (m[k] as number) : 0);
+  return {
+    totalKb: n('MemTotal'),
+    availableKb: n('MemAvailable'),
+    cachedKb: n('Cached'),
+    anonKb: n('AnonPages'),
+    ...(typeof m.RuntimeRss === 'number' ? { runtimeRssKb: m.RuntimeRss } : {}),
+  };
 }
 
 export class Vm extends EventEmitter {
