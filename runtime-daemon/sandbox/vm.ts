@@ -261,6 +261,9 @@ export interface VmConfig {
   incoming?: boolean;
 }
 
+/** The CPU model under TCG (TRENV_VM_CPU overrides it). */
+export const TCG_CPU = 'max';
+
 /** The QEMU command line; identical for a template and its clones except the RAM's share flag. */
 export function qemuArgs(c: VmConfig): string[] {
   const ramObj = c.ram
@@ -270,7 +273,7 @@ export function qemuArgs(c: VmConfig): string[] {
     '-name', `trenv-${c.id}`,
     '-accel', c.accel === 'kvm' ? 'kvm' : 'tcg,tb-size=64',
     '-M', 'q35,vmport=off,smbus=off,memory-backend=ram',
-    '-cpu', c.accel === 'kvm' ? 'host' : 'max',
+    '-cpu', c.accel === 'kvm' ? 'host' : (process.env.TRENV_VM_CPU ?? TCG_CPU),
     '-smp', String(c.vcpus),
     '-m', `${c.memoryMb}M,slots=2,maxmem=${c.memoryMb + Math.ceil(c.image.rootfsBytes / 2 ** 20) + 256}M`,
     '-object', ramObj,
@@ -406,11 +409,15 @@ export class Vm extends EventEmitter {
     return c ? (/panic/i.test(c) ? `the guest kernel panicked: ${c}` : c) : this.exitInfo || 'the VM stopped';
   }
 
-  /** A clone: load the template's device state (RAM is the template file, mapped private), resume. */
-  async restore(statePath: string, timeoutMs = 30_000): Promise<void> {
+  /**
+   * A clone: load the template's device state (RAM is the template file, mapped private), resume.
+   * With `ignoreShared: false` the state holds the RAM itself and it is copied into this VM's own
+   * memory (a full snapshot restore, how Firecracker/E2B-style restores behave: the bench baseline).
+   */
+  async restore(statePath: string, timeoutMs = 30_000, ignoreShared = true): Promise<void> {
     await this.spawn();
     let t0 = process.hrtime.bigint();
-    await this.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    if (ignoreShared) await this.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await this.qmp.cmd('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
     const until = Date.now() + timeoutMs;
     for (;;) {
@@ -421,17 +428,19 @@ export class Vm extends EventEmitter {
       if (Date.now() > until) throw new VmError('loading the template device state timed out');
       await new Promise((r) => setTimeout(r, 1));
     }
-    t0 = this.step('vm.load-state', t0, { how: 'migrate-incoming with x-ignore-shared: RAM is the template file mapped private, not copied' });
+    t0 = this.step('vm.load-state', t0, {
+      how: ignoreShared ? 'migrate-incoming with x-ignore-shared: RAM is the template file mapped private, not copied' : 'migrate-incoming of a full snapshot: RAM copied into this VM',
+    });
     await this.qmp.cmd('cont');
     t0 = this.step('vm.resume', t0);
     await this.guard(this.chan.request('ping', {}, 10_000));
     this.step('guest.ready', t0);
   }
 
-  /** Template build: pause and write the device state (RAM stays in its shared file). */
-  async saveTemplate(statePath: string, timeoutMs = 60_000): Promise<void> {
+  /** Template build: pause and write the device state (RAM stays in its shared file; with `ignoreShared: false`, RAM too). */
+  async saveTemplate(statePath: string, timeoutMs = 60_000, ignoreShared = true): Promise<void> {
     await this.qmp.cmd('stop');
-    await this.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    if (ignoreShared) await this.qmp.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await this.qmp.cmd('migrate', { uri: `exec:cat > ${shellQuote(statePath)}` });
     const until = Date.now() + timeoutMs;
     for (;;) {

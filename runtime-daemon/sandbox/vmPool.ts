@@ -68,13 +68,13 @@ export class VmPool extends EventEmitter {
         memoryMb: t.meta.memoryMb,
         vcpus,
         root: t.meta.root,
-        ram: { path: t.ramPath, share: false },
+        ...(t.meta.mode === 'copy' ? {} : { ram: { path: t.ramPath, share: false } }),
         incoming: true,
       }),
     );
     vm.template = t.meta.name;
     try {
-      await vm.restore(t.statePath);
+      await vm.restore(t.statePath, 60_000, t.meta.mode !== 'copy');
     } catch (e) {
       await this.release(vm);
       throw e;

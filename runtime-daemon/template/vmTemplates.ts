@@ -31,6 +31,8 @@ export interface VmTemplateMeta {
   memoryMb: number;
   root: RootKind;
   accel: Accel;
+  /** shared: RAM in a file clones map private (trenv); copy: a full snapshot whose RAM each restore copies (the benchmark's baseline) */
+  mode: VmTemplateMode;
   builtAt: number;
   buildMs: number;
   ramBytes: number;
@@ -38,6 +40,8 @@ export interface VmTemplateMeta {
   ramSha256: string;
   stateSha256: string;
 }
+
+export type VmTemplateMode = 'shared' | 'copy';
 
 export interface VmTemplate {
   meta: VmTemplateMeta;
@@ -121,7 +125,7 @@ export class VmTemplateManager extends EventEmitter {
   }
 
   /** The template's name for this agent as it is now (content, image, memory, root, accelerator). */
-  async key(agent: LoadedAgent, root: RootKind): Promise<{ name: string; hash: string; image: VmImage; accel: Accel; memoryMb: number }> {
+  async key(agent: LoadedAgent, root: RootKind, mode: VmTemplateMode = 'shared'): Promise<{ name: string; hash: string; image: VmImage; accel: Accel; memoryMb: number }> {
     const image = this.image();
     const accel = await this.accel();
     const hash = agentHash(agent.dir);
@@ -133,7 +137,7 @@ export class VmTemplateManager extends EventEmitter {
       .update(JSON.stringify([VM_TEMPLATE_FORMAT, hash, image.key, memoryMb, root, accel, agent.manifest.runtime, agent.manifest.handler, agent.manifest.env, machine]))
       .digest('hex')
       .slice(0, 12);
-    return { name: `${agent.manifest.name}-${root}-${v}`, hash, image, accel, memoryMb };
+    return { name: `${agent.manifest.name}-${root}${mode === 'copy' ? '-copy' : ''}-${v}`, hash, image, accel, memoryMb };
   }
 
   private tplOf(name: string): VmTemplate | undefined {
@@ -217,18 +221,18 @@ export class VmTemplateManager extends EventEmitter {
     return n;
   }
 
-  build(agent: LoadedAgent, root: RootKind, progress: (m: string) => void = () => undefined): Promise<VmTemplate> {
-    const key = `${agent.dir}\0${root}`;
+  build(agent: LoadedAgent, root: RootKind, progress: (m: string) => void = () => undefined, mode: VmTemplateMode = 'shared'): Promise<VmTemplate> {
+    const key = `${agent.dir}\0${root}\0${mode}`;
     let p = this.building.get(key);
     if (!p) {
-      p = this.doBuild(agent, root, progress).finally(() => this.building.delete(key));
+      p = this.doBuild(agent, root, progress, mode).finally(() => this.building.delete(key));
       this.building.set(key, p);
     }
     return p;
   }
 
-  private async doBuild(agent: LoadedAgent, root: RootKind, progress: (m: string) => void): Promise<VmTemplate> {
-    const k = await this.key(agent, root);
+  private async doBuild(agent: LoadedAgent, root: RootKind, progress: (m: string) => void, mode: VmTemplateMode): Promise<VmTemplate> {
+    const k = await this.key(agent, root, mode);
     const m = agent.manifest;
     const t0 = Date.now();
     const tmp = path.join(this.dir, `${k.name}.building`);
@@ -242,7 +246,8 @@ export class VmTemplateManager extends EventEmitter {
       memoryMb: k.memoryMb,
       vcpus: 1,
       root,
-      ram: { path: path.join(tmp, 'ram'), share: true },
+      // copy mode: anonymous RAM, written into the state file by the save
+      ...(mode === 'shared' ? { ram: { path: path.join(tmp, 'ram'), share: true } } : {}),
     });
     let shimLog = '';
     try {
@@ -271,9 +276,10 @@ export class VmTemplateManager extends EventEmitter {
       });
       progress(`VM template ${k.name}: saving`);
       const statePath = path.join(tmp, 'state');
-      await vm.saveTemplate(statePath);
+      await vm.saveTemplate(statePath, 120_000, mode === 'shared');
       await vm.destroy();
       const ramPath = path.join(tmp, 'ram');
+      if (mode === 'copy') fs.writeFileSync(ramPath, ''); // the RAM is inside the state file
       const [ramSha256, stateSha256] = await Promise.all([sha256File(ramPath), sha256File(statePath)]);
       fs.chmodSync(ramPath, 0o444);
       fs.chmodSync(statePath, 0o444);
@@ -289,6 +295,7 @@ export class VmTemplateManager extends EventEmitter {
         memoryMb: k.memoryMb,
         root,
         accel: k.accel,
+        mode,
         builtAt: Date.now(),
         buildMs: Date.now() - t0,
         ramBytes: fs.statSync(ramPath).size,

@@ -5,12 +5,14 @@
 import { benchContainer } from './container';
 import { benchTemplates } from './templates';
 import { benchEditor } from './editor';
+import { benchVm } from './vm';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   container: () => benchContainer(),
   templates: () => benchTemplates(),
   editor: () => benchEditor(),
+  vm: () => benchVm(),
 };
 
 async function main(): Promise<void> {

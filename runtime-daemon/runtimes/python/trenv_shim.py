@@ -242,6 +242,8 @@ def run_once():
         flush_std_streams()
         chan.send("error", phase="load", error=_describe(exc))
         return EXIT_LOAD
+    if os.environ.get("TRENV_EVENT_ENVELOPE") == "1":
+        frozen_generators()
     chan.send("loaded")
 
     try:
@@ -252,6 +254,21 @@ def run_once():
         chan.send("error", phase="handler", error=_describe(exc, user_frames=False))
         return EXIT_HANDLER
     return invoke(handler, event, context_from_env(os.environ, chan), chan)
+
+
+_FROZEN_GENERATORS = []
+
+
+def frozen_generators():
+    """Remember the random.Random() objects that exist once the agent is loaded: a snapshot taken
+    now freezes their state into every clone. Walking the heap here, before the snapshot, keeps it
+    off every clone's start (SystemRandom draws from the kernel, which the guest agent re-seeds)."""
+    import gc
+    import random
+    _FROZEN_GENERATORS[:] = [
+        o for o in gc.get_objects()
+        if isinstance(o, random.Random) and not isinstance(o, random.SystemRandom) and o is not random._inst
+    ]
 
 
 def open_envelope(msg, chan):
@@ -268,14 +285,12 @@ def open_envelope(msg, chan):
             os.environ[k] = str(v)
     seed = meta.get("seed")
     if seed is not None:
-        import gc
         import random
         random.seed(bytes.fromhex(seed) + os.urandom(16))
         # random.Random() objects made before the snapshot (module level) hold the same state in
-        # every clone: re-seed each one (SystemRandom draws from the kernel, already re-seeded)
-        for obj in gc.get_objects():
-            if isinstance(obj, random.Random) and not isinstance(obj, random.SystemRandom) and obj is not random._inst:
-                obj.seed(os.urandom(32))
+        # every clone: re-seed each one (found before the snapshot, see frozen_generators())
+        for obj in _FROZEN_GENERATORS:
+            obj.seed(os.urandom(32))
         ssl = sys.modules.get("ssl")
         if ssl is not None:
             try:
