@@ -152,6 +152,7 @@ export class Daemon {
       this.server = new DaemonServer({
         port: this.o.port,
         token,
+        vmAvailable: () => !this.vmUnavailable(),
         log: this.log,
         streams: {
           '/terminal': (ws, req) =>
@@ -215,7 +216,16 @@ export class Daemon {
     });
   }
 
+  private vmCheck: { at: number; why: string | undefined } | undefined;
+
+  /** Why microVMs cannot start here (undefined: they can); re-checked at most every 5 s. */
   private vmUnavailable(): string | undefined {
+    if (this.vmCheck && Date.now() - this.vmCheck.at < 5000) return this.vmCheck.why;
+    this.vmCheck = { at: Date.now(), why: this.checkVms() };
+    return this.vmCheck.why;
+  }
+
+  private checkVms(): string | undefined {
     try {
       findImage();
     } catch (e) {

@@ -77,12 +77,14 @@ export function handlerLine(file: string, text: string): { agentDir: string; lin
   return { agentDir, line: Math.max(0, i), fn };
 }
 
-export function codeLenses(file: string, text: string): CodeLens[] {
+/** `vmAvailable`: offer "▶ Invoke in microVM" (only when this daemon can start microVMs). */
+export function codeLenses(file: string, text: string, vmAvailable = false): CodeLens[] {
   const h = handlerLine(file, text);
   if (!h) return [];
   const range = { start: { line: h.line, character: 0 }, end: { line: h.line, character: 0 } };
   return [
     { range, command: { title: '▶ Invoke', command: LensCommands.invoke, arguments: [h.agentDir] } },
+    ...(vmAvailable ? [{ range, command: { title: '▶ Invoke in microVM', command: LensCommands.invokeVm, arguments: [h.agentDir] } }] : []),
     { range, command: { title: 'Debug', command: LensCommands.debug, arguments: [h.agentDir] } },
   ];
 }
@@ -142,7 +144,7 @@ export function manifestHover(doc: TextDocument, offset: number): Hover | undefi
 }
 
 /** Registers the language features on one client connection. */
-export function serveLanguageFeatures(conn: Connection): void {
+export function serveLanguageFeatures(conn: Connection, vmAvailable: () => boolean = () => false): void {
   const documents = new TextDocuments(TextDocument);
   const fileOf = (uri: string) => (uri.startsWith('file:') ? fileURLToPath(uri) : undefined);
   conn.onInitialize(() => ({
@@ -166,7 +168,7 @@ export function serveLanguageFeatures(conn: Connection): void {
     const doc = documents.get(p.textDocument.uri);
     const file = fileOf(p.textDocument.uri);
     if (!doc || !file) return [];
-    return codeLenses(file, doc.getText());
+    return codeLenses(file, doc.getText(), vmAvailable());
   });
   conn.onHover((p) => {
     const doc = documents.get(p.textDocument.uri);

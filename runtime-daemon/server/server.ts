@@ -22,6 +22,8 @@ export interface ClientConnection {
 
 export interface ServerOptions {
   port: number;
+  /** whether microVMs can start here (code lenses offer "Invoke in microVM" then) */
+  vmAvailable?: () => boolean;
   token: string;
   /** binary-stream endpoints other than the RPC socket, by URL path (e.g. /terminal) */
   streams?: Record<string, (ws: WebSocket, req: http.IncomingMessage) => void>;
@@ -97,7 +99,7 @@ export class DaemonServer {
       }
     });
     const rpc = createClientConnection(transport.reader, transport.writer, () => ws.close());
-    serveLanguageFeatures(rpc);
+    serveLanguageFeatures(rpc, this.o.vmAvailable);
     const c: ClientConnection = { id: ++this.nextId, rpc, socket: ws };
     this.clients.add(c);
     ws.on('error', () => undefined);

@@ -22,6 +22,10 @@ test('code lenses sit on the handler definition of an agent, nowhere else', () =
     ['Debug', 6, dir],
   ]);
   assert.deepEqual(codeLenses(path.join(dir, 'other.py'), py), []);
+  assert.deepEqual(
+    codeLenses(path.join(dir, 'main.py'), py, true).map((l) => [l.command?.title, l.command?.command]),
+    [['▶ Invoke', 'trenv.invoke'], ['▶ Invoke in microVM', 'trenv.invokeVm'], ['Debug', 'trenv.debug']],
+  );
   const js = "'use strict';\nconst x = 1;\nexports.handler = async (event) => ({ x });\n";
   const jd = agent({ name: 'b', runtime: 'node', handler: 'index.js:handler' }, { 'index.js': js });
   assert.equal(codeLenses(path.join(jd, 'index.js'), js)[0].range.start.line, 2);
