@@ -60,6 +60,14 @@ export class SandboxesTree implements vscode.TreeDataProvider<SbNode> {
     }
     const s = n.s;
     const it = new vscode.TreeItem(s.id);
+    if (s.kind === 'vm') {
+      // a microVM: warm (a clone waiting in the pool) or busy; it serves one invocation
+      it.description = `microVM · ${s.state === 'idle' ? 'warm' : s.state} · ${mib(s.memory?.pssKb)}`;
+      it.iconPath = new vscode.ThemeIcon(s.state === 'busy' ? 'play-circle' : 'server-environment');
+      it.tooltip = `${s.template ? `clone of ${s.template}` : 'cold boot'}\nQEMU pid ${s.hostPid}`;
+      it.contextValue = 'vm';
+      return it;
+    }
     it.description = `${s.state}${s.agent ? ` · ${s.agent}` : ''} · ${mib(s.memory?.pssKb)} · ${s.uses} use${s.uses === 1 ? '' : 's'}`;
     it.iconPath = new vscode.ThemeIcon(s.state === 'busy' ? 'play-circle' : 'vm');
     it.tooltip = `${s.poolKey}\ninit pid ${s.hostPid}`;

@@ -415,6 +415,7 @@ export class Invoker extends EventEmitter {
     let vmKilled = false;
     let vmOom = false;
     let guestMem: GuestMemory | undefined;
+    let guestHung = false;
     let tStarted = 0n;
     let tLoaded = 0n;
     let tHandler = 0n;
@@ -505,6 +506,18 @@ export class Invoker extends EventEmitter {
     const exit = await new Promise<{ status: string; ns: bigint } | { error: string }>((resolve) => {
       const timer = setTimeout(() => {
         active.endReason = 'timeout';
+        if (vmA) {
+          // a VM: tell a busy handler from a guest that stopped answering (hung kernel, stopped VM)
+          const vm = vmA.vm;
+          void vm.chan.request('ping', {}, 1000).then(
+            () => log('system', `time limit of ${timeoutMs} ms reached: destroying the microVM`, 'error'),
+            () => {
+              guestHung = true;
+              log('system', `time limit of ${timeoutMs} ms reached and the guest does not answer (hung): destroying the microVM`, 'error');
+            },
+          ).finally(killRun);
+          return;
+        }
         log('system', `time limit of ${timeoutMs} ms reached: killing the handler`, 'error');
         killRun();
       }, timeoutMs);
@@ -680,7 +693,9 @@ export class Invoker extends EventEmitter {
       reuse = false;
     } else if (active.endReason === 'timeout') {
       state = 'timeout';
-      error = { type: 'Timeout', message: `the handler ran longer than its limit of ${timeoutMs} ms and was killed`, phase: 'limit' };
+      error = guestHung
+        ? { type: 'Timeout', message: `the microVM's guest stopped answering (hung) and was destroyed at the time limit of ${timeoutMs} ms`, phase: 'limit' }
+        : { type: 'Timeout', message: `the handler ran longer than its limit of ${timeoutMs} ms and was killed`, phase: 'limit' };
     } else if (active.endReason === 'killed') {
       state = 'killed';
       error = { type: 'Killed', message: 'the invocation was killed on request', phase: 'limit' };

@@ -13,7 +13,7 @@ export interface Manifest {
   runtime: 'python' | 'node';
   handler: string;
   description?: string;
-  limits: { memoryMb: number; pids: number; timeoutMs: number; tmpfsMb: number };
+  limits: { memoryMb: number; pids: number; timeoutMs: number; tmpfsMb: number; vcpus?: number };
   network: 'none' | 'egress';
   env: Record<string, string>;
   preload: string[];

@@ -8,7 +8,7 @@ import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { EventEmitter } from 'node:events';
 import type { LoadedAgent } from '../manifest/manifest';
-import { agentFiles, VM_RUNTIMES, vmMemoryMb, vmShimEnv, VmTemplate } from '../template/vmTemplates';
+import { agentFiles, VM_RUNTIMES, vmMemoryMb, vmShimEnv, VmTemplate, vmVcpus } from '../template/vmTemplates';
 import { Accel, RootKind, Span, Vm, VmImage } from './vm';
 
 export interface VmAcquired {
@@ -57,7 +57,7 @@ export class VmPool extends EventEmitter {
   }
 
   /** A clone of the template: RAM mapped private from its file, device state loaded, resumed. */
-  async clone(t: VmTemplate, vcpus = 1): Promise<Vm> {
+  async clone(t: VmTemplate): Promise<Vm> {
     const id = this.newId();
     const vm = this.track(
       new Vm({
@@ -66,7 +66,7 @@ export class VmPool extends EventEmitter {
         image: this.image(),
         accel: t.meta.accel,
         memoryMb: t.meta.memoryMb,
-        vcpus,
+        vcpus: t.meta.vcpus ?? 1,
         root: t.meta.root,
         ...(t.meta.mode === 'copy' ? {} : { ram: { path: t.ramPath, share: false } }),
         incoming: true,
@@ -83,9 +83,9 @@ export class VmPool extends EventEmitter {
   }
 
   /** A cold VM: boot, copy the agent in, start its runtime shim (which loads the agent). */
-  async boot(agent: LoadedAgent, root: RootKind, vcpus = 1): Promise<Vm> {
+  async boot(agent: LoadedAgent, root: RootKind): Promise<Vm> {
     const id = this.newId();
-    const vm = this.track(new Vm({ id, dir: path.join(this.vmsDir, id), image: this.image(), accel: await this.accel(), memoryMb: vmMemoryMb(agent), vcpus, root }));
+    const vm = this.track(new Vm({ id, dir: path.join(this.vmsDir, id), image: this.image(), accel: await this.accel(), memoryMb: vmMemoryMb(agent), vcpus: vmVcpus(agent), root }));
     try {
       await vm.boot();
       const t0 = process.hrtime.bigint();

@@ -29,6 +29,7 @@ export interface VmTemplateMeta {
   image: string;
   kernel: string;
   memoryMb: number;
+  vcpus: number;
   root: RootKind;
   accel: Accel;
   /** shared: RAM in a file clones map private (trenv); copy: a full snapshot whose RAM each restore copies (the benchmark's baseline) */
@@ -95,6 +96,10 @@ export function vmShimEnv(agent: LoadedAgent, extra: Record<string, string> = {}
   }).map(([k, v]) => `${k}=${v}`);
 }
 
+export function vmVcpus(agent: LoadedAgent): number {
+  return agent.manifest.limits.vcpus ?? 1;
+}
+
 export function vmMemoryMb(agent: LoadedAgent): number {
   // in a VM, limits.memoryMb is the guest's RAM (kernel and guest agent included); at least 160 MiB
   return Math.max(160, agent.manifest.limits.memoryMb);
@@ -125,19 +130,20 @@ export class VmTemplateManager extends EventEmitter {
   }
 
   /** The template's name for this agent as it is now (content, image, memory, root, accelerator). */
-  async key(agent: LoadedAgent, root: RootKind, mode: VmTemplateMode = 'shared'): Promise<{ name: string; hash: string; image: VmImage; accel: Accel; memoryMb: number }> {
+  async key(agent: LoadedAgent, root: RootKind, mode: VmTemplateMode = 'shared'): Promise<{ name: string; hash: string; image: VmImage; accel: Accel; memoryMb: number; vcpus: number }> {
     const image = this.image();
     const accel = await this.accel();
     const hash = agentHash(agent.dir);
     const memoryMb = vmMemoryMb(agent);
     // the machine a clone must match: a change in QEMU's arguments (devices, kernel command line) makes old templates stale
-    const machine = qemuArgs({ id: '-', dir: '/-', image, accel, memoryMb, vcpus: 1, root, ram: { path: '/-', share: false } });
+    const vcpus = vmVcpus(agent);
+    const machine = qemuArgs({ id: '-', dir: '/-', image, accel, memoryMb, vcpus, root, ram: { path: '/-', share: false } });
     const v = crypto
       .createHash('sha256')
       .update(JSON.stringify([VM_TEMPLATE_FORMAT, hash, image.key, memoryMb, root, accel, agent.manifest.runtime, agent.manifest.handler, agent.manifest.env, machine]))
       .digest('hex')
       .slice(0, 12);
-    return { name: `${agent.manifest.name}-${root}${mode === 'copy' ? '-copy' : ''}-${v}`, hash, image, accel, memoryMb };
+    return { name: `${agent.manifest.name}-${root}${mode === 'copy' ? '-copy' : ''}-${v}`, hash, image, accel, memoryMb, vcpus };
   }
 
   private tplOf(name: string): VmTemplate | undefined {
@@ -244,7 +250,7 @@ export class VmTemplateManager extends EventEmitter {
       image: k.image,
       accel: k.accel,
       memoryMb: k.memoryMb,
-      vcpus: 1,
+      vcpus: k.vcpus,
       root,
       // copy mode: anonymous RAM, written into the state file by the save
       ...(mode === 'shared' ? { ram: { path: path.join(tmp, 'ram'), share: true } } : {}),
@@ -293,6 +299,7 @@ export class VmTemplateManager extends EventEmitter {
         image: k.image.key,
         kernel: k.image.kernel,
         memoryMb: k.memoryMb,
+        vcpus: k.vcpus,
         root,
         accel: k.accel,
         mode,

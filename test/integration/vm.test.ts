@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { copyAgent, EXAMPLES, pidAlive, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
-import { Methods, TraceSpan } from '../../runtime-daemon/protocol/messages';
+import { InvocationDetail, Methods, TraceSpan } from '../../runtime-daemon/protocol/messages';
 import { findImage, probeAccel } from '../../runtime-daemon/sandbox/vm';
 
 const VMPROBE = path.join(ROOT, 'test/fixtures/agents/vmprobe');
@@ -42,6 +42,17 @@ function templateDirOf(stateDir: string, name: string): string {
 
 async function trace(id: string): Promise<TraceSpan[]> {
   return (await d.client.rpc.sendRequest(Methods.getInvocation, { id })).trace;
+}
+
+/** Waits until the newest invocation of the daemon is running and has printed `text`; its detail. */
+async function runningWith(daemon: TestDaemon, text: string): Promise<InvocationDetail> {
+  for (let i = 0; i < 1200; i++) {
+    const [rec] = await daemon.client.rpc.sendRequest(Methods.listInvocations, { limit: 1 });
+    const det = rec?.state === 'running' ? await daemon.client.rpc.sendRequest(Methods.getInvocation, { id: rec.id }) : undefined;
+    if (det?.logs.some((l) => l.text === text)) return det;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no running invocation printed "${text}" within 60 s`);
 }
 
 before(async () => {
@@ -142,7 +153,7 @@ test("a write in one clone shows neither in another clone nor in the template's 
   assert.deepEqual(ro.result, { wrote: false, error: 'Read-only file system' });
 });
 
-test('limits: an endless loop hits the time limit and its VM is gone; a memory hog ends as oom', async () => {
+test('limits: an endless loop hits the time limit and its VM is gone; a hung guest is reported as hung; a memory hog ends as oom', async () => {
   const agent = copyAgent(VMPROBE, (m) => ((m.limits as Record<string, number>).timeoutMs = 2500));
   const t0 = Date.now();
   const r = await d.invoke({ agentDir: agent, event: { action: 'spin' } });
@@ -152,6 +163,16 @@ test('limits: an endless loop hits the time limit and its VM is gone; a memory h
   assert.ok(!sandboxes.some((s) => s.id === r.sandboxId), 'the timed-out VM was destroyed');
   assert.ok(!fs.existsSync(path.join(d.stateDir, 'vms', r.sandboxId!)), 'its sockets and files are removed');
 
+  // a guest that stops answering (here: QEMU stopped with SIGSTOP) is reported as hung
+  const hung = d.invoke({ agentDir: agent, event: { action: 'sleep', seconds: 20 } });
+  const sleeping = await runningWith(d, 'sleeping');
+  const qemu = Number(fs.readFileSync(path.join(d.stateDir, 'vms', sleeping.record.sandboxId!, 'pid'), 'utf8'));
+  process.kill(qemu, 'SIGSTOP');
+  const h = await hung;
+  assert.equal(h.state, 'timeout');
+  assert.match(h.error!.message, /guest stopped answering \(hung\)/);
+  await waitFor(() => !pidAlive(qemu), 5000, 'the stopped QEMU to be killed');
+
   const oom = await d.invoke({ agentDir: VMPROBE, event: { action: 'alloc', mb: 400 } });
   assert.equal(oom.state, 'oom', JSON.stringify(oom));
   assert.match(oom.error!.message, /out of memory/);
@@ -160,15 +181,8 @@ test('limits: an endless loop hits the time limit and its VM is gone; a memory h
 test('a guest that panics mid-handler is reported as a kernel panic', async () => {
   const p = d.invoke({ agentDir: VMPROBE, event: { action: 'sleep', seconds: 20 } });
   // once the handler runs, crash the guest from the host: an NMI, and the guest has unknown_nmi_panic
-  let sbId: string | undefined;
-  for (let i = 0; i < 600 && !sbId; i++) {
-    const [rec] = await d.client.rpc.sendRequest(Methods.listInvocations, { limit: 1 });
-    const det = rec?.state === 'running' ? await d.client.rpc.sendRequest(Methods.getInvocation, { id: rec.id }) : undefined;
-    if (det?.logs.some((l) => l.text === 'sleeping')) sbId = det.record.sandboxId;
-    else await new Promise((r) => setTimeout(r, 50));
-  }
-  assert.ok(sbId, 'the handler started');
-  const qmp = net.createConnection(path.join(d.stateDir, 'vms', sbId!, 'qmp-user.sock'));
+  const sbId = (await runningWith(d, 'sleeping')).record.sandboxId!;
+  const qmp = net.createConnection(path.join(d.stateDir, 'vms', sbId, 'qmp-user.sock'));
   qmp.on('error', () => undefined); // QEMU exits when its guest panics: the socket resets
   await new Promise((r) => qmp.once('connect', r));
   qmp.write('{"execute":"qmp_capabilities"}\n{"execute":"inject-nmi"}\n');
@@ -182,9 +196,9 @@ test('kill -9 of the daemon with VMs running: nothing is left after the restart'
   const d2 = await startDaemon();
   try {
     const running = d2.invoke({ agentDir: VMPROBE, event: { action: 'sleep', seconds: 60 } }).catch(() => undefined);
-    await waitFor(() => qemusOf(d2.stateDir).length >= 1, 60_000, 'a QEMU of the second daemon');
-    await new Promise((r) => setTimeout(r, 500));
+    await runningWith(d2, 'sleeping'); // its template is built, its warm clone restored
     const pids = qemusOf(d2.stateDir);
+    assert.ok(pids.length >= 1);
     await d2.kill9();
     void running;
     // QEMU runs under --pdeathsig KILL: it dies with the daemon
@@ -195,6 +209,12 @@ test('kill -9 of the daemon with VMs running: nothing is left after the restart'
       assert.deepEqual(fs.readdirSync(path.join(d2.stateDir, 'vms')).filter((x) => x !== 'kvm-probe'), [], 'VM dirs reclaimed');
       const list = await d3.client.rpc.sendRequest(Methods.listInvocations, { limit: 5 });
       assert.ok(list.some((x) => x.state === 'daemon-lost' && x.sandboxKind === 'vm'), 'the running VM invocation is recorded as daemon-lost');
+      // the VM template is files: the restarted daemon clones from it without rebuilding
+      const again = await d3.invoke({ agentDir: VMPROBE, event: { action: 'identity' } });
+      assert.equal(again.state, 'succeeded', JSON.stringify(again.error));
+      assert.equal(again.start, 'vm-clone');
+      const det = await d3.client.rpc.sendRequest(Methods.getInvocation, { id: again.id });
+      assert.ok(!det.logs.some((l) => /was built/.test(l.text)), 'no rebuild after the restart');
     } finally {
       await d3.stop();
     }

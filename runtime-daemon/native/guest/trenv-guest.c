@@ -3,7 +3,7 @@
 // Runs as PID 1 of the guest (exec'd by the initramfs /init after switch_root) and speaks JSON
 // lines with the daemon over a virtio-serial port (/dev/vport*p*, named org.trenv.0): vsock is not
 // available on this machine. One request per line, each answered by an `ack` with its id; the
-// handler's output and its exit arrive as asynchronous messages. See PROTOCOL-guest.md.
+// handler's output and its exit arrive as asynchronous messages. See PROTOCOL.md next to this file.
 //
 // JSON is parsed and written with cJSON (Debian's libcjson). Byte streams travel base64-encoded so
 // a chunk that splits a UTF-8 sequence or carries binary output is passed on exactly.
