@@ -6,6 +6,7 @@
 import * as vscode from 'vscode';
 import { LanguageClient, LanguageClientOptions, CloseAction, ErrorAction, State } from 'vscode-languageclient/node';
 import {
+  BrowserFrame,
   DaemonStatus,
   InvocationSummary,
   LogLine,
@@ -33,6 +34,7 @@ export class Ctx implements vscode.Disposable {
 
   readonly onState = new vscode.EventEmitter<ConnState>();
   readonly onLog = new vscode.EventEmitter<LogLine>();
+  readonly onBrowserFrame = new vscode.EventEmitter<BrowserFrame>();
   readonly onSpan = new vscode.EventEmitter<TraceSpan>();
   readonly onMemory = new vscode.EventEmitter<{ invocationId: string; sample: MemorySample }>();
   readonly onInvocation = new vscode.EventEmitter<InvocationSummary>();
@@ -40,7 +42,7 @@ export class Ctx implements vscode.Disposable {
 
   constructor(readonly ext: vscode.ExtensionContext) {
     this.log = vscode.window.createOutputChannel('TrEnv', { log: true });
-    this.session.push(this.log, this.onState, this.onLog, this.onSpan, this.onMemory, this.onInvocation, this.onSandboxes);
+    this.session.push(this.log, this.onState, this.onLog, this.onBrowserFrame, this.onSpan, this.onMemory, this.onInvocation, this.onSandboxes);
   }
 
   config() {
@@ -102,6 +104,7 @@ export class Ctx implements vscode.Disposable {
     this.client = client;
     this.perConnection.push(
       client.onNotification(Notifications.log, (l) => this.onLog.fire(l)),
+      client.onNotification(Notifications.browserFrame, (f) => this.onBrowserFrame.fire(f)),
       client.onNotification(Notifications.span, (s) => this.onSpan.fire(s)),
       client.onNotification(Notifications.memory, (m) => this.onMemory.fire(m)),
       client.onNotification(Notifications.invocation, (s) => this.onInvocation.fire(s)),

@@ -7,7 +7,7 @@ import * as vscode from 'vscode';
 import { InvocationSummary, MemorySample, Methods } from '../runtime-daemon/protocol/messages';
 import type { MemoryBaseline, MemorySnapshot } from '../webview/shared/messages';
 import type { Ctx } from './ctx';
-import { LogsPanel, MemoryPanel, TracePanel, TrenvDataSource } from './webviews/panels';
+import { BrowserPanel, LogsPanel, MemoryPanel, TracePanel, TrenvDataSource } from './webviews/panels';
 
 const RECENT_MS = 10 * 60_000;
 
@@ -19,6 +19,7 @@ export class Panels implements vscode.Disposable {
   private logs: LogsPanel | undefined;
   private trace: TracePanel | undefined;
   private memory: MemoryPanel | undefined;
+  private readonly browsers = new Map<string, BrowserPanel>();
   private follow: string | undefined;
   private readonly agents = new Map<string, string>(); // invocation id -> agent name
   private readonly baselines = new vscode.EventEmitter<MemoryBaseline>();
@@ -35,6 +36,9 @@ export class Panels implements vscode.Disposable {
       onMemory: (cb) =>
         ctx.onMemory.event((e) => cb({ instanceId: e.invocationId, label: `${this.agents.get(e.invocationId) ?? 'agent'} · ${e.invocationId.slice(-8)}`, sample: e.sample })),
       onBaseline: (cb) => this.baselines.event(cb),
+      startView: async (id) => void (await ctx.need().sendRequest(Methods.browserView, { invocationId: id })),
+      stopView: async (id) => void (await ctx.need().sendRequest(Methods.browserViewStop, { invocationId: id })),
+      onFrame: (cb) => ctx.onBrowserFrame.event(cb),
     };
     this.subs.push(
       this.baselines,
@@ -109,7 +113,18 @@ export class Panels implements vscode.Disposable {
     this.memory.reveal();
   }
 
+  /** A live view of a running invocation's browser page (one panel per invocation). */
+  async showBrowser(id: string, agent: string): Promise<void> {
+    const have = this.browsers.get(id);
+    if (have) return have.reveal();
+    const p = new BrowserPanel(this.source, this.ext.extensionUri, id, agent);
+    this.browsers.set(id, p);
+    p.onDidDispose(() => this.browsers.delete(id));
+    await p.start();
+  }
+
   dispose(): void {
+    for (const b of this.browsers.values()) b.dispose();
     this.logs?.dispose();
     this.trace?.dispose();
     this.memory?.dispose();

@@ -36,6 +36,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# ---- npm dependencies of the example agents that have them (mounted into their sandboxes with the code)
+for lock in examples/*/package-lock.json; do
+  [ -f "$lock" ] || continue
+  dir=$(dirname "$lock")
+  stamp="$dir/node_modules/.trenv-lock-hash"
+  want=$(sha256sum "$lock" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing npm dependencies of $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+done
+
 # ---- CRIU 4 in a private prefix (Debian 12's criu 3.17 fails on this kernel): Node templates, CRIU baseline
 bash scripts/setup-criu.sh || echo "setup: CRIU is unavailable ($?): Node agents run without memory templates" >&2
 

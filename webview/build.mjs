@@ -6,7 +6,7 @@ import * as esbuild from 'esbuild';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-export const WEBVIEWS = ['logs', 'memory', 'trace'];
+export const WEBVIEWS = ['logs', 'memory', 'trace', 'browser'];
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 /**

@@ -6,6 +6,7 @@ import { debugAgent } from './debug';
 import { invoke } from './invoke';
 import { rebuildTemplate } from './rebuildTemplate';
 import { restartDaemon } from './restartDaemon';
+import { showBrowser } from './showBrowser';
 import { showLogs } from './showLogs';
 import { showMemory } from './showMemory';
 import { showTrace } from './showTrace';
@@ -31,6 +32,7 @@ export function registerCommands(ctx: Ctx, panels: Panels): vscode.Disposable[] 
     'trenv.showLogs': (arg) => showLogs(ctx, panels, arg),
     'trenv.showTrace': (arg) => showTrace(ctx, panels, arg),
     'trenv.showMemory': (arg) => showMemory(panels, arg),
+    'trenv.showBrowser': (arg) => showBrowser(ctx, panels, arg),
     'trenv.openTerminal': (arg) => openTerminal(ctx, arg),
     'trenv.stopSandbox': (arg) => stopSandbox(ctx, arg),
     'trenv.restartDaemon': () => restartDaemon(ctx),

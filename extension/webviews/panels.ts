@@ -18,6 +18,7 @@ import type {
   TraceFromWebview,
   TraceSpan,
   ViewName,
+  BrowserFrameView,
 } from '../../webview/shared/messages';
 import { isMessage } from '../../webview/shared/messages';
 import { renderWebviewHtml } from '../../webview/shared/html';
@@ -43,7 +44,24 @@ export interface MemorySource {
   onMemory: Subscribe<MemoryEvent>;
   onBaseline: Subscribe<MemoryBaseline>;
 }
-export type TrenvDataSource = LogsSource & TraceSource & MemorySource;
+export interface BrowserSource {
+  /** asks the daemon for a live view of the invocation's page; frames arrive through onFrame */
+  startView(invocationId: string): Promise<void>;
+  stopView(invocationId: string): Promise<void>;
+  onFrame: Subscribe<BrowserFrame>;
+}
+export type TrenvDataSource = LogsSource & TraceSource & MemorySource & BrowserSource;
+
+/** A frame notification from the daemon (runtime-daemon/protocol BrowserFrame). */
+export interface BrowserFrame {
+  invocationId: string;
+  data?: string;
+  url?: string;
+  title?: string;
+  width?: number;
+  height?: number;
+  ended?: string;
+}
 
 // ---------------------------------------------------------------- host
 
@@ -156,7 +174,7 @@ export class WebviewPanelHost<V extends ViewName> implements vscode.Disposable {
 
 // ---------------------------------------------------------------- panels
 
-export const VIEW_TYPES = { logs: 'trenv.logs', memory: 'trenv.memory', trace: 'trenv.trace' } as const satisfies Record<ViewName, string>;
+export const VIEW_TYPES = { logs: 'trenv.logs', memory: 'trenv.memory', trace: 'trenv.trace', browser: 'trenv.browser' } as const satisfies Record<ViewName, string>;
 
 /** Base of the three panels: one host, the subscriptions that feed it, errors shown once. */
 abstract class Panel<V extends ViewName> implements vscode.Disposable {
@@ -314,6 +332,43 @@ export class MemoryPanel extends Panel<'memory'> {
       await this.host.post({ type: 'init', snapshot: await this.source.getMemorySnapshot() });
     } catch (e) {
       this.fail('the memory samples', e);
+    }
+  }
+}
+
+/**
+ * A live, read-only view of one running invocation's browser page: the daemon screencasts it
+ * (CDP Page.startScreencast on the agent's newest page) and the webview draws the frames with the
+ * page's URL and title. Nothing is sent to the page.
+ */
+export class BrowserPanel extends Panel<'browser'> {
+  private last: BrowserFrameView | undefined;
+  private ended: string | undefined;
+
+  constructor(private readonly source: BrowserSource, extensionUri: vscode.Uri, readonly invocationId: string, private readonly agent: string) {
+    super('browser', `Browser · ${agent}`, extensionUri, undefined, vscode.ViewColumn.Beside);
+    this.subs.push(
+      this.host.onReady(() => void this.host.post({ type: 'init', invocationId, agent, frame: this.last, ended: this.ended })),
+      source.onFrame((f) => {
+        if (f.invocationId !== invocationId) return;
+        if (f.ended) {
+          this.ended = f.ended;
+          void this.host.post({ type: 'ended', reason: f.ended });
+        } else if (f.data) {
+          this.last = { data: f.data, url: f.url ?? '', title: f.title ?? '', width: f.width ?? 0, height: f.height ?? 0 };
+          void this.host.post({ type: 'frame', ...this.last });
+        }
+      }),
+      new vscode.Disposable(() => void source.stopView(invocationId).catch(() => undefined)),
+    );
+  }
+
+  async start(): Promise<void> {
+    try {
+      await this.source.startView(this.invocationId);
+    } catch (e) {
+      this.fail('the live browser view', e);
+      this.dispose();
     }
   }
 }

@@ -16,6 +16,7 @@ import {
   SandboxInfo,
   StatsResult,
   TemplateInfo,
+  BrowserFrame,
   SubscribeParams,
   Topic,
 } from '../protocol/messages';
@@ -31,6 +32,7 @@ import { TemplateManager } from '../template/templates';
 import { Accel, findImage, probeAccel, reapLeftovers, RootKind, VmImage } from '../sandbox/vm';
 import { VmPool } from '../sandbox/vmPool';
 import { VmTemplateManager } from '../template/vmTemplates';
+import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
 import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
@@ -61,6 +63,7 @@ export class Daemon {
   private invoker!: Invoker;
   private templates!: TemplateManager;
   private vmPool: VmPool | undefined;
+  private browser: BrowserBroker | undefined;
   private vmTemplates: VmTemplateManager | undefined;
   private nativeDir = '';
   private server!: DaemonServer;
@@ -133,11 +136,19 @@ export class Daemon {
       });
       this.templates.log = this.log;
       this.setUpVms();
+      if (BrowserBroker.reapLeftover(this.paths.root)) this.log('killed the shared browser a previous daemon left');
+      this.browser = new BrowserBroker(this.paths.root, this.log);
+      const broker = this.browser;
+      const downloads = path.join(this.paths.root, 'browser', 'downloads');
       this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'), {
         pool: this.vmPool!,
         templates: this.vmTemplates!,
         root: () => (process.env.TRENV_VM_ROOT === 'blk' ? 'blk' : 'pmem') as RootKind,
         unavailable: () => this.vmUnavailable(),
+      }, {
+        endpoint: (id, dir) => broker.endpoint(id, dir),
+        release: (id) => broker.release(id),
+        downloadsDir: (id) => path.join(downloads, id),
       });
       this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => c.rpc.sendNotification(Notifications.debugReady, r)));
       this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)));
@@ -304,7 +315,9 @@ export class Daemon {
   private stats(): StatsResult {
     const sandboxes = this.sandboxInfos();
     const total = sandboxes.reduce((acc, s) => (s.memory ? addSamples(acc, s.memory) : acc), emptySample());
-    return { sandboxes, templates: [...this.templates.list(), ...this.vmTemplateInfos()], total, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
+    const browser = this.browser?.stats();
+    if (browser?.running) total.pssKb += browser.pssKb;
+    return { sandboxes, templates: [...this.templates.list(), ...this.vmTemplateInfos()], total, browser, daemonRssKb: readRollup(process.pid)?.rssKb ?? 0 };
   }
 
   private register(c: ClientConnection): void {
@@ -419,6 +432,39 @@ export class Daemon {
       }
       return { deleted: await this.templates.remove(p.name) };
     });
+    const views = new Map<string, () => Promise<void>>();
+    rpc.onRequest(Methods.browserView, async (p: { invocationId: string }) => {
+      if (!isObject(p) || typeof p.invocationId !== 'string') throw paramsError('"invocationId" is required');
+      const id = this.store.resolve(p.invocationId) ?? p.invocationId;
+      const det = this.store.get(id);
+      if (!det) throw new ResponseError(ErrorCodes.NotFound, `no invocation "${p.invocationId}"`);
+      if (det.record.state !== 'running' || !det.record.sandboxId) throw new ResponseError(ErrorCodes.NotFound, `invocation ${id} is not running (${det.record.state}): a live view needs a running agent`);
+      if (views.has(id)) return { ok: true as const };
+      const send = (f: BrowserFrame) => void c.rpc.sendNotification(Notifications.browserFrame, f).catch(() => undefined);
+      try {
+        const stop = await this.browser!.screencast(
+          det.record.sandboxId,
+          (f) => send({ invocationId: id, data: f.data, url: f.url, title: f.title, width: f.width, height: f.height }),
+          (why) => {
+            views.delete(id);
+            send({ invocationId: id, ended: why });
+          },
+        );
+        views.set(id, stop);
+        c.socket.once('close', () => void stop());
+      } catch (e) {
+        throw new ResponseError(ErrorCodes.NotFound, (e as Error).message);
+      }
+      return { ok: true as const };
+    });
+    rpc.onRequest(Methods.browserViewStop, async (p: { invocationId: string }) => {
+      if (!isObject(p) || typeof p.invocationId !== 'string') throw paramsError('"invocationId" is required');
+      const id = this.store.resolve(p.invocationId) ?? p.invocationId;
+      const stop = views.get(id);
+      views.delete(id);
+      await stop?.();
+      return { stopped: !!stop };
+    });
     rpc.onRequest(Methods.shutdown, () => {
       setImmediate(() => void this.stop());
       return { ok: true as const };
@@ -440,6 +486,7 @@ export class Daemon {
       }
       await this.pool?.close();
       await this.vmPool?.closeAll();
+      await this.browser?.stop();
       await this.templates?.stopAll();
       await this.server?.close();
       this.store?.flush();

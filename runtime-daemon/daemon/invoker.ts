@@ -33,6 +33,18 @@ import { guestMemory, GuestMsg, RootKind } from '../sandbox/vm';
 import type { VmAcquired, VmPool } from '../sandbox/vmPool';
 import type { VmTemplateManager } from '../template/vmTemplates';
 
+/** The shared browser (absent: agents with "browser": true are refused). */
+export interface BrowserSupport {
+  /** the sandbox's CDP endpoint (a unix socket on the host), made on first use */
+  endpoint(sandboxId: string, downloadsDir: string): Promise<string>;
+  /** ends it: connections closed, the agent's browser contexts disposed */
+  release(sandboxId: string): Promise<void>;
+  downloadsDir(sandboxId: string): string;
+}
+
+/** Where an agent finds its browser inside a container sandbox (its own loopback). */
+export const BROWSER_PORT = 9222;
+
 /** What the invoker needs for microVM sandboxes (absent: VMs are not set up). */
 export interface VmSupport {
   pool: VmPool;
@@ -110,6 +122,18 @@ export function checkReadableBySandbox(agent: LoadedAgent): void {
   check(path.join(agent.dir, agent.handlerFile), 0o004, 'the handler file');
 }
 
+/** `trenv-enter expose`: a listener on the sandbox's own loopback that leads to a host unix socket. */
+export function exposeInSandbox(enterPath: string, initPid: number, port: number, socketPath: string): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(enterPath, ['expose', String(initPid), String(port), socketPath], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout!.once('data', (d: Buffer) => (/ready/.test(d.toString()) ? resolve(child) : reject(new Error(`trenv-enter expose: ${d.toString()}`))));
+    child.once('exit', (code) => reject(new Error(`trenv-enter expose exited (${code}): ${err.trim()}`)));
+    child.once('error', reject);
+  });
+}
+
 /** Splits a byte stream into lines, keeping the partial tail. */
 class LineSplitter {
   private tail = '';
@@ -153,6 +177,7 @@ export class Invoker extends EventEmitter {
     private readonly templates?: TemplateManager,
     private readonly enterPath = '',
     private readonly vms?: VmSupport,
+    private readonly browser?: BrowserSupport,
   ) {
     super();
   }
@@ -223,7 +248,9 @@ export class Invoker extends EventEmitter {
       if (why) throw new Error(`microVM sandboxes are not available: ${why}`);
       if (params.debug) throw new Error('debugging in a microVM is not supported yet: debug the agent in a container (drop --vm / "sandbox": "vm")');
       if (m.network !== 'none') throw new Error('microVMs have no network in this version: run an agent with "network": "egress" in a container');
+      if (m.browser) throw new Error('the shared browser is reachable from container sandboxes only in this version: run an agent with "browser": true in a container');
     }
+    if (m.browser && !this.browser) throw new Error('this daemon has no shared browser (chromium is not installed?): run scripts/setup.sh');
     const debugPort = params.debug ? DEBUG_PORTS[m.runtime] : undefined;
     const runtime = debugPort ? debugArgv(m.runtime, debugPort) : RUNTIMES[m.runtime];
     const timeoutMs = debugPort ? Math.max(m.limits.timeoutMs, DEBUG_TIMEOUT_MS) : m.limits.timeoutMs;
@@ -407,6 +434,25 @@ export class Invoker extends EventEmitter {
       `TRENV_DEADLINE_MS=${deadline}`,
       `TRENV_AGENT=${m.name}`,
     ];
+    // ---- the shared browser: the sandbox's own CDP endpoint at 127.0.0.1:9222 on its loopback
+    let expose: ChildProcess | undefined;
+    if (m.browser && sb) {
+      const t0 = process.hrtime.bigint();
+      try {
+        const sock = await this.browser!.endpoint(sb.id, this.browser!.downloadsDir(sb.id));
+        expose = await exposeInSandbox(this.enterPath, sb.initPid, BROWSER_PORT, sock);
+        env.push(`TRENV_BROWSER_CDP=http://127.0.0.1:${BROWSER_PORT}`);
+        span('browser.endpoint', t0, process.hrtime.bigint(), { port: BROWSER_PORT, how: 'own browser context in the shared Chromium, through the filtering CDP proxy' });
+      } catch (e) {
+        const message = `could not give the agent its browser: ${(e as Error).message}`;
+        log('system', message, 'error');
+        expose?.kill('SIGKILL');
+        void this.browser!.release(sb.id);
+        const rec = finish('failed', { error: { type: 'BrowserError', message, phase: 'sandbox' } });
+        void this.pool.release(sb, true).catch(() => undefined);
+        return rec;
+      }
+    }
     const stdin = Buffer.from(JSON.stringify(params.event ?? {}));
     const splitters = { out: new LineSplitter(MAX_LINE), err: new LineSplitter(MAX_LINE), chan: new LineSplitter(MAX_CHAN_LINE) };
     let result: { value: unknown } | undefined;
@@ -730,6 +776,13 @@ export class Invoker extends EventEmitter {
       const vm = vmA.vm;
       void this.vms!.pool.release(vm).then(() => span('cleanup.vm.destroy', t0, process.hrtime.bigint(), { pid: vm.pid }));
       return final;
+    }
+    if (expose) {
+      // the agent's browser context (and its pages) goes with the invocation
+      expose.stdin?.end();
+      expose.kill('SIGKILL');
+      const t0 = process.hrtime.bigint();
+      void this.browser!.release(sb!.id).then(() => span('cleanup.browser', t0, process.hrtime.bigint()));
     }
     // Cleanup spans are added to the trace afterwards, so the whole life of the sandbox is visible.
     void this.pool

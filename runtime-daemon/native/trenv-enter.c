@@ -14,6 +14,13 @@
  *       socket is made before joining the sandbox's network namespace and every outgoing one
  *       after it: one process, two namespaces. Prints "port <host-port>" and serves until its
  *       stdin is closed (trenvd holds it).
+ *
+ *   trenv-enter expose <init-pid> <port> <unix-socket>
+ *       The other way round: listens on 127.0.0.1:<port> INSIDE the sandbox's network namespace
+ *       and connects every client to a unix socket on the host (e.g. the sandbox's own CDP
+ *       endpoint of the shared browser), so the sandbox reaches one host service without any
+ *       network. The listening socket is made after joining the namespace, the outgoing ones
+ *       after returning to the host's. Prints "ready" and serves until its stdin is closed.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -29,6 +36,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -146,25 +154,24 @@ static int pump(int from, int to)
 	return 0;
 }
 
-static int cmd_relay(int argc, char **argv)
+static int connect_unix(const char *path)
 {
-	if (argc != 4)
-		return fprintf(stderr, "usage: trenv-enter relay <init-pid> <port>\n"), 2;
-	long pid = parse_long(argv[2], "pid");
-	long port = parse_long(argv[3], "port");
-	signal(SIGPIPE, SIG_IGN);
-	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	socklen_t sl = sizeof sa;
-	if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(ls, 8) < 0 ||
-	    getsockname(ls, (struct sockaddr *)&sa, &sl) < 0)
-		die("listen on 127.0.0.1");
-	int net = open_ns(pid, "net");
-	if (setns(net, CLONE_NEWNET) < 0)
-		die("setns net");
-	printf("port %d\n", ntohs(sa.sin_port));
-	fflush(stdout);
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (s < 0 || strlen(path) >= sizeof sa.sun_path)
+		return -1;
+	strcpy(sa.sun_path, path);
+	if (connect(s, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		close(s);
+		return -1;
+	}
+	return s;
+}
+
+/* Accepts on `ls` and pairs every client with a new connection from `dial` (port or path), copying
+ * both ways, until stdin closes. */
+static int serve(int ls, int port, const char *path)
+{
 	struct pair pairs[MAXC];
 	int np = 0;
 	for (;;) {
@@ -200,14 +207,66 @@ static int cmd_relay(int argc, char **argv)
 			int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
 			if (c < 0)
 				continue;
-			int in = np < MAXC ? connect_inside((int)port) : -1;
+			int in = np < MAXC ? (path ? connect_unix(path) : connect_inside(port)) : -1;
 			if (in < 0) {
-				close(c); /* nothing listens inside (yet): the client retries */
+				close(c); /* nothing listens on the other side (yet): the client retries */
 				continue;
 			}
 			pairs[np++] = (struct pair){c, in};
 		}
 	}
+}
+
+static int listen_loopback(int port, struct sockaddr_in *sa)
+{
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	*sa = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof *sa;
+	int one = 1;
+	if (ls >= 0)
+		setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (ls < 0 || bind(ls, (struct sockaddr *)sa, sizeof *sa) < 0 || listen(ls, 16) < 0 ||
+	    getsockname(ls, (struct sockaddr *)sa, &sl) < 0)
+		die("listen on 127.0.0.1");
+	return ls;
+}
+
+static int cmd_relay(int argc, char **argv)
+{
+	if (argc != 4)
+		return fprintf(stderr, "usage: trenv-enter relay <init-pid> <port>\n"), 2;
+	long pid = parse_long(argv[2], "pid");
+	long port = parse_long(argv[3], "port");
+	signal(SIGPIPE, SIG_IGN);
+	struct sockaddr_in sa;
+	int ls = listen_loopback(0, &sa);
+	int net = open_ns(pid, "net");
+	if (setns(net, CLONE_NEWNET) < 0)
+		die("setns net");
+	printf("port %d\n", ntohs(sa.sin_port));
+	fflush(stdout);
+	return serve(ls, (int)port, NULL);
+}
+
+static int cmd_expose(int argc, char **argv)
+{
+	if (argc != 5)
+		return fprintf(stderr, "usage: trenv-enter expose <init-pid> <port> <unix-socket>\n"), 2;
+	long pid = parse_long(argv[2], "pid");
+	long port = parse_long(argv[3], "port");
+	signal(SIGPIPE, SIG_IGN);
+	int host = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	int net = open_ns(pid, "net");
+	if (host < 0 || setns(net, CLONE_NEWNET) < 0)
+		die("setns net");
+	struct sockaddr_in sa;
+	int ls = listen_loopback((int)port, &sa);
+	if (setns(host, CLONE_NEWNET) < 0)
+		die("setns back to the host");
+	printf("ready\n");
+	fflush(stdout);
+	return serve(ls, 0, argv[4]);
 }
 
 int main(int argc, char **argv)
@@ -216,6 +275,8 @@ int main(int argc, char **argv)
 		return cmd_shell(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "relay"))
 		return cmd_relay(argc, argv);
-	fprintf(stderr, "usage: trenv-enter shell|relay ...\n");
+	if (argc >= 2 && !strcmp(argv[1], "expose"))
+		return cmd_expose(argc, argv);
+	fprintf(stderr, "usage: trenv-enter shell|relay|expose ...\n");
 	return 2;
 }

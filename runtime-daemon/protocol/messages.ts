@@ -194,6 +194,8 @@ export interface StatsResult {
   templates: TemplateInfo[];
   total: MemorySample;
   daemonRssKb: number;
+  /** the shared browser: whether it runs, its memory (PSS of all its processes), agent contexts */
+  browser?: { running: boolean; pid?: number; pssKb: number; endpoints: number; contexts: number; connections: number };
 }
 
 export interface Diagnostic {
@@ -232,6 +234,9 @@ export const Methods = {
   buildTemplate: new RequestType<{ agentDir: string; vm?: boolean }, TemplateInfo, void>('trenv/buildTemplate'),
   listTemplates: new RequestType0<TemplateInfo[], void>('trenv/listTemplates'),
   deleteTemplate: new RequestType<{ name: string }, { deleted: boolean }, void>('trenv/deleteTemplate'),
+  /** start a live, read-only view of a running invocation's browser page: frames come as browserFrame */
+  browserView: new RequestType<{ invocationId: string }, { ok: true }, void>('trenv/browserView'),
+  browserViewStop: new RequestType<{ invocationId: string }, { stopped: boolean }, void>('trenv/browserViewStop'),
 } as const;
 
 export const Notifications = {
@@ -243,7 +248,19 @@ export const Notifications = {
   debugReady: new NotificationType<DebugReady>('trenv/debugReady'),
   /** progress of long work (template builds), for the caller that asked for it */
   progress: new NotificationType<{ what: string; message: string }>('trenv/progress'),
+  /** a screencast frame of an invocation's page (base64 JPEG), or its end (`ended` set, no data) */
+  browserFrame: new NotificationType<BrowserFrame>('trenv/browserFrame'),
 } as const;
+
+export interface BrowserFrame {
+  invocationId: string;
+  data?: string;
+  url?: string;
+  title?: string;
+  width?: number;
+  height?: number;
+  ended?: string;
+}
 
 /** JSON-RPC error codes we use besides the standard ones. */
 export const ErrorCodes = {

@@ -6,6 +6,7 @@ import { benchContainer } from './container';
 import { benchTemplates } from './templates';
 import { benchEditor } from './editor';
 import { benchVm } from './vm';
+import { benchBrowser } from './browser';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
@@ -13,6 +14,7 @@ const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   templates: () => benchTemplates(),
   editor: () => benchEditor(),
   vm: () => benchVm(),
+  browser: () => benchBrowser(),
 };
 
 async function main(): Promise<void> {

@@ -119,7 +119,7 @@ let browser: Browser | undefined;
 function startServer(): Promise<void> {
   server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
-    const page = /^\/(logs|memory|trace)\.html$/.exec(url.pathname);
+    const page = /^\/(logs|memory|trace|browser)\.html$/.exec(url.pathname);
     if (page) {
       const view = page[1] as ViewName;
       const html = renderWebviewHtml({ view, title: view, cspSource: origin, nonce: NONCE, scriptUri: `${origin}/res/${view}.js`, styleUri: `${origin}/res/${view}.css` });
@@ -395,5 +395,28 @@ describe('webviews in a browser', { skip }, () => {
     await shot(page, 'trace-narrow');
     await checkClean(o);
     await page.close();
+  });
+  test('browser: live frames of an agent page with its title and URL; the end of the view', async () => {
+    // a real frame: a page rendered by this chromium, as JPEG (what Page.screencastFrame carries)
+    const src = await browser!.newPage({ viewport: { width: 800, height: 500 } });
+    await src.setContent('<title>Catalogue page 1</title><body style="font-family:sans-serif"><h1>Kitchen catalogue, page 1</h1><table border=1><tr><td>Kettle</td><td>€24.90</td><td>12</td></tr><tr><td>Mug</td><td>€6.25</td><td>40</td></tr></table></body>');
+    const jpeg = (await src.screenshot({ type: 'jpeg', quality: 70 })).toString('base64');
+    await src.close();
+    const o = await open('browser', 1000, 640);
+    const { page } = o;
+    assert.match(await page.locator('.empty').innerText(), /Waiting for the agent/);
+    await send(page, 'browser', { type: 'init', invocationId: 'inv-1', agent: 'node-web-extract' });
+    await send(page, 'browser', { type: 'frame', data: jpeg, url: 'http://127.0.0.1:18089/catalog/1', title: 'Catalogue page 1', width: 800, height: 500 });
+    await page.waitForFunction(() => (document.querySelector('.stage img') as unknown as { complete: boolean } | null)?.complete === true);
+    assert.equal(await page.locator('.title').innerText(), 'Catalogue page 1');
+    assert.equal(await page.locator('.url').innerText(), 'http://127.0.0.1:18089/catalog/1');
+    assert.equal(await page.locator('.badge').innerText(), 'live');
+    const natural = await page.locator('.stage img').evaluate((el) => (el as unknown as { naturalWidth: number }).naturalWidth);
+    assert.equal(natural, 800, 'the frame decoded');
+    await shot(page, 'browser');
+    await send(page, 'browser', { type: 'ended', reason: 'the invocation ended' });
+    assert.equal(await page.locator('.badge').innerText(), 'ended');
+    assert.match(await page.locator('footer').innerText(), /the invocation ended/);
+    await checkClean(o);
   });
 });

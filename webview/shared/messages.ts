@@ -22,8 +22,8 @@ import type {
 
 export type { InvocationDetail, InvocationSummary, LogLine, LogStream, MemorySample, TraceSpan };
 
-export type ViewName = 'logs' | 'memory' | 'trace';
-export const VIEW_NAMES: readonly ViewName[] = ['logs', 'memory', 'trace'];
+export type ViewName = 'logs' | 'memory' | 'trace' | 'browser';
+export const VIEW_NAMES: readonly ViewName[] = ['logs', 'memory', 'trace', 'browser'];
 
 export type LogLevel = NonNullable<LogLine['level']>;
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
@@ -90,6 +90,20 @@ export type MemoryToWebview =
   | ({ type: 'memory' } & MemoryEvent)
   | ({ type: 'baseline' } & MemoryBaseline);
 
+/** One screencast frame of an agent's page (base64 JPEG), read-only. */
+export interface BrowserFrameView {
+  data: string;
+  url: string;
+  title: string;
+  width: number;
+  height: number;
+}
+
+export type BrowserToWebview =
+  | { type: 'init'; invocationId: string; agent: string; frame?: BrowserFrameView; ended?: string }
+  | ({ type: 'frame' } & BrowserFrameView)
+  | { type: 'ended'; reason: string };
+
 // ---------------------------------------------------------------- webview -> extension
 
 type Ready = { type: 'ready' };
@@ -108,12 +122,15 @@ export type TraceFromWebview =
 
 export type MemoryFromWebview = Ready;
 
+export type BrowserFromWebview = Ready;
+
 // ---------------------------------------------------------------- per view
 
 export interface ViewProtocol {
   logs: { toWebview: LogsToWebview; fromWebview: LogsFromWebview };
   memory: { toWebview: MemoryToWebview; fromWebview: MemoryFromWebview };
   trace: { toWebview: TraceToWebview; fromWebview: TraceFromWebview };
+  browser: { toWebview: BrowserToWebview; fromWebview: BrowserFromWebview };
 }
 export type ToWebview<V extends ViewName> = ViewProtocol[V]['toWebview'];
 export type FromWebview<V extends ViewName> = ViewProtocol[V]['fromWebview'];
