@@ -11,10 +11,11 @@
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
-import { Chromium, profileDirFor } from './chromium';
-import { CdpMessage, decide, Decision, filterResponse, keepEvent, Ownership } from './cdpFilter';
+import { Chromium, newProfileDir } from './chromium';
+import { CdpMessage, decide, Decision, filterResponse, keepEvent, Ownership, visibleTarget } from './cdpFilter';
 
 const INTERNAL_ID = 1_000_000_000;
 
@@ -91,13 +92,16 @@ class AgentConnection {
     private readonly lookup: (targetId: string) => Promise<string | undefined>,
   ) {
     this.own = { defaultContext: ep.defaultContext!, contexts: ep.contexts, targets: ep.targets, sessions: new Set(), downloadsDir: ep.downloadsDir };
-    client.on('message', (data) => {
-      this.chain = this.chain.then(() => this.fromClient(data.toString())).catch(() => undefined);
-    });
+    client.on('message', (data) => this.feed(data.toString()));
     upstream.ws.on('message', (data) => this.fromBrowser(data.toString()));
     upstream.on('close', () => this.close(1011, 'the shared browser went away (crashed or restarted): connect again for a new session'));
     client.on('close', () => upstream.ws.close());
     client.on('error', () => undefined);
+  }
+
+  /** A message from the agent, handled in order (a decision may wait for a target lookup). */
+  feed(text: string): void {
+    this.chain = this.chain.then(() => this.fromClient(text)).catch(() => undefined);
   }
 
   close(code = 1000, reason = ''): void {
@@ -162,6 +166,7 @@ export interface BrowserStats {
   endpoints: number;
   contexts: number;
   connections: number;
+  downloadsRoot: string;
 }
 
 export class BrowserBroker extends EventEmitter {
@@ -172,10 +177,14 @@ export class BrowserBroker extends EventEmitter {
   private version: Record<string, unknown> = {};
   private readonly endpoints = new Map<string, Endpoint>();
   private readonly dir: string;
+  /** where agents' downloads land: one dir per sandbox, writable by the browser user only */
+  readonly downloadsRoot: string;
 
   constructor(private readonly stateDir: string, private readonly log: (m: string) => void = () => undefined) {
     super();
     this.dir = path.join(stateDir, 'browser');
+    this.downloadsRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'trenv-downloads-'));
+    fs.chmodSync(this.downloadsRoot, 0o711);
     // endpoints of a previous daemon: their sockets are dead files now
     fs.rmSync(path.join(this.dir, 'ep'), { recursive: true, force: true });
     fs.mkdirSync(path.join(this.dir, 'ep'), { recursive: true, mode: 0o700 });
@@ -187,9 +196,10 @@ export class BrowserBroker extends EventEmitter {
     if (this.admin && !this.chromium?.exited) return Promise.resolve(this.admin);
     this.starting ??= (async () => {
       const gen = ++this.generation;
-      const c = new Chromium(profileDirFor(this.stateDir, gen), this.log);
+      const profile = newProfileDir(this.stateDir);
+      const c = new Chromium(profile, this.log);
       const url = await c.start();
-      fs.writeFileSync(path.join(this.dir, 'pid'), String(c.pid));
+      fs.writeFileSync(path.join(this.dir, 'pid'), JSON.stringify({ pid: c.pid, profile }));
       const admin = await CdpClient.open(url);
       this.version = await admin.send('Browser.getVersion');
       c.once('exit', (why: string) => this.crashed(gen, why));
@@ -214,11 +224,17 @@ export class BrowserBroker extends EventEmitter {
     this.emit('crash', why);
   }
 
+  /** The sandbox's downloads dir (made by endpoint()). */
+  downloadsDir(sandboxId: string): string {
+    return path.join(this.downloadsRoot, sandboxId);
+  }
+
   /** The sandbox's endpoint (a unix socket path), made on first use. */
-  async endpoint(sandboxId: string, downloadsDir: string): Promise<string> {
+  async endpoint(sandboxId: string, downloadsDir = this.downloadsDir(sandboxId)): Promise<string> {
     const have = this.endpoints.get(sandboxId);
     if (have) return have.socketPath;
-    fs.mkdirSync(downloadsDir, { recursive: true });
+    fs.mkdirSync(downloadsDir, { recursive: true, mode: 0o700 });
+    fs.chownSync(downloadsDir, 65534, 65534); // the browser runs as nobody
     const socketPath = path.join(this.dir, 'ep', `${sandboxId}.sock`);
     fs.rmSync(socketPath, { force: true });
     const ep: Endpoint = {
@@ -266,6 +282,10 @@ export class BrowserBroker extends EventEmitter {
   }
 
   private async connect(ep: Endpoint, ws: WebSocket): Promise<void> {
+    // the agent may send before its upstream connection is open: keep those messages, in order
+    const early: string[] = [];
+    const onEarly = (d: WebSocket.RawData) => early.push(d.toString());
+    ws.on('message', onEarly);
     let upstream: CdpClient;
     try {
       const admin = await this.prepare(ep);
@@ -278,11 +298,14 @@ export class BrowserBroker extends EventEmitter {
     const conn = new AgentConnection(ws, upstream, ep, async (targetId) => {
       try {
         const r = await this.admin!.send('Target.getTargetInfo', { targetId });
-        return (r.targetInfo as { browserContextId?: string } | undefined)?.browserContextId;
+        const info = r.targetInfo as { browserContextId?: string; type?: string; url?: string } | undefined;
+        return visibleTarget(info) ? info?.browserContextId : undefined;
       } catch {
         return undefined;
       }
     });
+    ws.off('message', onEarly);
+    for (const m of early) conn.feed(m);
     ep.conns.add(conn);
     ws.on('close', () => ep.conns.delete(conn));
   }
@@ -328,6 +351,7 @@ export class BrowserBroker extends EventEmitter {
     ep.conns.clear();
     await new Promise<void>((r) => ep.server.close(() => r()));
     fs.rmSync(ep.socketPath, { force: true });
+    fs.rmSync(ep.downloadsDir, { recursive: true, force: true }); // like the sandbox's writable layer
     if (this.admin && ep.generation === this.generation) {
       await Promise.all([...ep.contexts].map((id) => this.admin!.send('Target.disposeBrowserContext', { browserContextId: id }).catch(() => undefined)));
     }
@@ -345,12 +369,14 @@ export class BrowserBroker extends EventEmitter {
     let stopped = false;
     let session: string | undefined;
     let target: { targetId: string; url: string; title: string } | undefined;
+    let last: ScreencastFrame | undefined;
     const onEvent = (m: CdpMessage) => {
       if (m.sessionId !== session || !session) return;
       if (m.method === 'Page.screencastFrame') {
         const p = m.params as { data: string; sessionId: number; metadata: { deviceWidth: number; deviceHeight: number } };
         void admin.send('Page.screencastFrameAck', { sessionId: p.sessionId }, session).catch(() => undefined);
-        onFrame({ data: p.data, url: target?.url ?? '', title: target?.title ?? '', width: p.metadata.deviceWidth, height: p.metadata.deviceHeight, targetId: target?.targetId ?? '' });
+        last = { data: p.data, url: target?.url ?? '', title: target?.title ?? '', width: p.metadata.deviceWidth, height: p.metadata.deviceHeight, targetId: target?.targetId ?? '' };
+        onFrame(last);
       }
     };
     const onInfo = (m: CdpMessage) => {
@@ -366,6 +392,11 @@ export class BrowserBroker extends EventEmitter {
         (t) => t.type === 'page' && t.browserContextId && ep.contexts.has(t.browserContextId),
       );
       const newest = pages[pages.length - 1];
+      if (newest && target && newest.targetId === target.targetId && (newest.url !== target.url || newest.title !== target.title)) {
+        // a static page sends no new frames: show the title and URL it has now with the last frame
+        target = { ...target, url: newest.url, title: newest.title };
+        if (last) onFrame((last = { ...last, url: newest.url, title: newest.title }));
+      }
       if (!newest || newest.targetId === target?.targetId) return;
       if (session) await admin.send('Target.detachFromTarget', { sessionId: session }).catch(() => undefined);
       target = newest;
@@ -412,7 +443,15 @@ export class BrowserBroker extends EventEmitter {
       contexts += ep.contexts.size;
       connections += ep.conns.size;
     }
-    return { running, ...(running ? { pid: this.chromium!.pid } : {}), pssKb: running ? this.chromium!.pssKb() : 0, endpoints: this.endpoints.size, contexts, connections };
+    return {
+      running,
+      ...(running ? { pid: this.chromium!.pid } : {}),
+      pssKb: running ? this.chromium!.pssKb() : 0,
+      endpoints: this.endpoints.size,
+      contexts,
+      connections,
+      downloadsRoot: this.downloadsRoot,
+    };
   }
 
   /** The browser's pid (tests kill it to check recovery). */
@@ -425,19 +464,25 @@ export class BrowserBroker extends EventEmitter {
     this.admin?.ws.close();
     await this.chromium?.stop();
     fs.rmSync(path.join(this.dir, 'pid'), { force: true });
+    fs.rmSync(this.downloadsRoot, { recursive: true, force: true });
   }
 
   /** After a daemon crash: the browser it left (pid file, checked against the command line). */
   static reapLeftover(stateDir: string): boolean {
     const pidFile = path.join(stateDir, 'browser', 'pid');
     try {
-      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const { pid, profile } = JSON.parse(fs.readFileSync(pidFile, 'utf8')) as { pid: number; profile: string };
       fs.rmSync(pidFile, { force: true });
-      if (cmd.includes(path.join(stateDir, 'browser'))) {
-        process.kill(pid, 'SIGKILL');
-        return true;
+      let killed = false;
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(profile)) {
+          process.kill(pid, 'SIGKILL');
+          killed = true;
+        }
+      } finally {
+        fs.rmSync(profile, { recursive: true, force: true });
       }
+      return killed;
     } catch {
       /* nothing left */
     }

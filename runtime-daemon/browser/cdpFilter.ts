@@ -88,6 +88,15 @@ export function urlAllowed(url: unknown): boolean {
   }
 }
 
+/**
+ * Targets an agent may see in its own contexts: not Chromium's own WebUI (each new context gets
+ * chrome:// "browser_ui" targets such as the omnibox popup, with privileged bindings).
+ */
+export function visibleTarget(info: { type?: string; url?: string } | undefined): boolean {
+  if (!info || info.type === 'browser_ui' || info.type === 'browser') return false;
+  return !info.url || urlAllowed(info.url);
+}
+
 function err(message: string): Decision {
   return { action: 'refuse', message };
 }
@@ -110,9 +119,10 @@ export function decide(msg: CdpMessage, own: Ownership): Decision {
   if (method === 'Browser.setDownloadBehavior' || method === 'Page.setDownloadBehavior') {
     const behavior = p.behavior;
     if (behavior === 'allow' || behavior === 'allowAndName') {
+      // the agent's path names a place in ITS file system (e.g. playwright's artifacts dir in the
+      // sandbox's /tmp), not the host's: downloads are confined to the sandbox's own dir, always
       const dp = typeof p.downloadPath === 'string' ? path.resolve(p.downloadPath) : own.downloadsDir;
-      if (dp !== own.downloadsDir && !dp.startsWith(own.downloadsDir + path.sep)) return err(`downloads may only go to ${own.downloadsDir}`);
-      p.downloadPath = dp;
+      p.downloadPath = dp === own.downloadsDir || dp.startsWith(own.downloadsDir + path.sep) ? dp : own.downloadsDir;
     }
   }
   if (TARGET_SCOPED.has(method) && typeof p.targetId === 'string') {
@@ -138,8 +148,8 @@ export function filterResponse(after: Decision & { action: 'forward' }, res: Cdp
   if (!res.result) return res;
   if (after.after === 'createContext' && typeof res.result.browserContextId === 'string') own.contexts.add(res.result.browserContextId);
   if (after.after === 'getTargets' && Array.isArray(res.result.targetInfos)) {
-    const infos = (res.result.targetInfos as Array<{ targetId: string; browserContextId?: string }>).filter((t) => {
-      if (!t.browserContextId || !own.contexts.has(t.browserContextId)) return false;
+    const infos = (res.result.targetInfos as Array<{ targetId: string; browserContextId?: string; type?: string; url?: string }>).filter((t) => {
+      if (!t.browserContextId || !own.contexts.has(t.browserContextId) || !visibleTarget(t)) return false;
       own.targets.set(t.targetId, t.browserContextId);
       return true;
     });
@@ -159,8 +169,8 @@ export function keepEvent(ev: CdpMessage, own: Ownership): EventVerdict {
   const method = ev.method ?? '';
   if (ev.sessionId && !own.sessions.has(ev.sessionId)) return 'drop';
   const p = ev.params ?? {};
-  const info = p.targetInfo as { targetId?: string; browserContextId?: string; type?: string } | undefined;
-  const mine = (i?: { browserContextId?: string }) => !!i?.browserContextId && own.contexts.has(i.browserContextId);
+  const info = p.targetInfo as { targetId?: string; browserContextId?: string; type?: string; url?: string } | undefined;
+  const mine = (i?: { browserContextId?: string; type?: string; url?: string }) => !!i?.browserContextId && own.contexts.has(i.browserContextId) && visibleTarget(i);
   switch (method) {
     case 'Target.targetCreated':
     case 'Target.targetInfoChanged':

@@ -6,6 +6,8 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
+import * as crypto from 'node:crypto';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { readRollup } from '../metrics/smaps';
 
@@ -121,6 +123,11 @@ export class Chromium extends EventEmitter {
   }
 }
 
-export function profileDirFor(stateDir: string, n: number): string {
-  return path.join(stateDir, 'browser', `profile-${n}`);
+/**
+ * A new profile dir for the browser user: under the system temp dir, not the state dir (whose
+ * parents may be closed to `nobody`), named after the state dir's hash so leftovers are findable.
+ */
+export function newProfileDir(stateDir: string): string {
+  const tag = crypto.createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 12);
+  return fs.mkdtempSync(path.join(os.tmpdir(), `trenv-browser-${tag}-`));
 }

@@ -139,7 +139,6 @@ export class Daemon {
       if (BrowserBroker.reapLeftover(this.paths.root)) this.log('killed the shared browser a previous daemon left');
       this.browser = new BrowserBroker(this.paths.root, this.log);
       const broker = this.browser;
-      const downloads = path.join(this.paths.root, 'browser', 'downloads');
       this.invoker = new Invoker(this.store, this.pool, this.driver, this.templates, path.join(this.nativeDir, 'trenv-enter'), {
         pool: this.vmPool!,
         templates: this.vmTemplates!,
@@ -148,7 +147,7 @@ export class Daemon {
       }, {
         endpoint: (id, dir) => broker.endpoint(id, dir),
         release: (id) => broker.release(id),
-        downloadsDir: (id) => path.join(downloads, id),
+        downloadsDir: (id) => broker.downloadsDir(id),
       });
       this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => c.rpc.sendNotification(Notifications.debugReady, r)));
       this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)));

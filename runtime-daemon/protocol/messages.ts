@@ -195,7 +195,7 @@ export interface StatsResult {
   total: MemorySample;
   daemonRssKb: number;
   /** the shared browser: whether it runs, its memory (PSS of all its processes), agent contexts */
-  browser?: { running: boolean; pid?: number; pssKb: number; endpoints: number; contexts: number; connections: number };
+  browser?: { running: boolean; pid?: number; pssKb: number; endpoints: number; contexts: number; connections: number; downloadsRoot: string };
 }
 
 export interface Diagnostic {

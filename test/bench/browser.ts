@@ -86,7 +86,7 @@ export async function benchBrowser(): Promise<MetricRow[]> {
       // separate: one browser per agent
       {
         const browsers = await Promise.all(Array.from({ length: n }, async (_, i) => {
-          const c = new Chromium(path.join(work, `sep-${n}-${i}`));
+          const c = new Chromium(fs.mkdtempSync(path.join(os.tmpdir(), `trenv-bench-sep-${n}-${i}-`)));
           await c.start();
           return c;
         }));

@@ -97,8 +97,7 @@ function forward(socketPath: string): Promise<{ port: number; close(): void }> {
 async function census(): Promise<{ contexts: number; targets: number }> {
   const st = await d.client.rpc.sendRequest(Methods.stats);
   if (!st.browser?.running) return { contexts: 0, targets: 0 };
-  const dirs = fs.readdirSync(path.join(d.stateDir, 'browser')).filter((x) => x.startsWith('profile-'));
-  const prof = dirs.map((x) => path.join(d.stateDir, 'browser', x)).find((p) => fs.existsSync(path.join(p, 'DevToolsActivePort')))!;
+  const prof = (JSON.parse(fs.readFileSync(path.join(d.stateDir, 'browser', 'pid'), 'utf8')) as { profile: string }).profile;
   const [port, wsPath] = fs.readFileSync(path.join(prof, 'DevToolsActivePort'), 'utf8').trim().split('\n');
   const ws = new WebSocket(`ws://127.0.0.1:${port}${wsPath}`);
   await new Promise((r) => ws.once('open', r));
@@ -123,8 +122,8 @@ test('the example agent reads local pages through the shared browser and returns
 });
 
 test('isolation: an agent sees and touches only its own targets, cookies and storage, and nothing browser-wide', async () => {
-  const A = await hold(25);
-  const B = await hold(25);
+  const A = await hold(12);
+  const B = await hold(12);
   const a = await Cdp.open(A.socket);
   const b = await Cdp.open(B.socket);
   // B opens a page that stores a secret (cookie + localStorage)
@@ -164,9 +163,14 @@ test('isolation: an agent sees and touches only its own targets, cookies and sto
   assert.match((await a.send('Target.createTarget', { url: 'chrome://settings' })).error!.message, /blocked/);
   assert.match((await a.send('Page.navigate', { url: 'file:///etc/passwd' }, as)).error!.message, /blocked/);
   assert.match((await a.send('Page.navigate', { url: 'devtools://devtools/bundled/inspector.html' }, as)).error!.message, /blocked/);
-  // downloads only into the sandbox's own dir
-  assert.match((await a.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: '/tmp' })).error!.message, /downloads may only go to/);
-  await a.ok('Browser.setDownloadBehavior', { behavior: 'allow' });
+  // downloads land in the sandbox's own dir, whatever path the agent asks for
+  const stray = fs.mkdtempSync('/tmp/trenv-dl-');
+  await a.ok('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: stray });
+  await a.ok('Page.navigate', { url: `${web.url}/download` }, as);
+  const mine = path.join((await d.client.rpc.sendRequest(Methods.stats)).browser!.downloadsRoot, A.sandboxId);
+  await waitFor(() => fs.existsSync(mine) && fs.readdirSync(mine).some((f) => !f.endsWith('.crdownload')), 10_000, 'the download in the sandbox dir');
+  assert.deepEqual(fs.readdirSync(stray), [], 'nothing written where the agent asked');
+  fs.rmSync(stray, { recursive: true, force: true });
   // nothing of B's reached A as events either
   assert.ok(!a.events.some((e) => JSON.stringify(e).includes(bt)), "no event about B's target on A's connection");
   // B is unharmed and the browser alive
@@ -186,7 +190,7 @@ test('isolation: an agent sees and touches only its own targets, cookies and sto
 });
 
 test('playwright-core connectOverCDP and puppeteer-core work through the proxy unchanged', async () => {
-  const H = await hold(25);
+  const H = await hold(12);
   const fwd = await forward(H.socket);
   try {
     const browser = await chromium.connectOverCDP(`http://127.0.0.1:${fwd.port}`);
@@ -216,7 +220,7 @@ test('playwright-core connectOverCDP and puppeteer-core work through the proxy u
 });
 
 test("live view: the daemon streams screencast frames of an agent's page, with its URL and title", async () => {
-  const H = await hold(15);
+  const H = await hold(10);
   const s = await Cdp.open(H.socket);
   await s.ok('Target.createTarget', { url: `${web.url}/catalog/1` });
   const frames: BrowserFrame[] = [];
@@ -224,8 +228,8 @@ test("live view: the daemon streams screencast frames of an agent's page, with i
     if (f.invocationId === H.id) frames.push(f);
   });
   await d.client.rpc.sendRequest(Methods.browserView, { invocationId: H.id });
-  await waitFor(() => frames.some((f) => f.data && /catalog\/1/.test(f.url ?? '')), 15_000, 'a screencast frame');
-  const f = frames.find((x) => x.data)!;
+  await waitFor(() => frames.some((f) => f.data && /catalog\/1/.test(f.url ?? '') && f.title === 'Catalogue page 1'), 15_000, 'a screencast frame with the page title');
+  const f = frames.find((x) => x.data && x.title === 'Catalogue page 1')!;
   assert.ok(Buffer.from(f.data!, 'base64').subarray(0, 2).equals(Buffer.from([0xff, 0xd8])), 'a JPEG');
   assert.equal(f.title, 'Catalogue page 1');
   assert.ok(f.width! > 0 && f.height! > 0);
@@ -237,7 +241,7 @@ test("live view: the daemon streams screencast frames of an agent's page, with i
 });
 
 test('recovery: Chromium killed mid-session; open sessions get a clear error, the next one gets a new browser', async () => {
-  const H = await hold(20);
+  const H = await hold(10);
   const s = await Cdp.open(H.socket);
   await s.ok('Target.createTarget', { url: 'about:blank' });
   const st = await d.client.rpc.sendRequest(Methods.stats);

@@ -32,8 +32,10 @@ test('targets and sessions of others, browser-wide commands and local URLs are r
 
 test('downloads only into the sandbox dir', () => {
   const o = own();
-  assert.equal(decide({ id: 1, method: 'Browser.setDownloadBehavior', params: { behavior: 'allow', downloadPath: '/tmp' } }, o).action, 'refuse');
-  assert.equal(decide({ id: 1, method: 'Browser.setDownloadBehavior', params: { behavior: 'allow', downloadPath: '/state/dl/a/../b' } }, o).action, 'refuse');
+  const to = (p: string) => (decide({ id: 1, method: 'Browser.setDownloadBehavior', params: { behavior: 'allow', downloadPath: p } }, o) as { msg: { params?: Record<string, unknown> } }).msg.params?.downloadPath;
+  assert.equal(to('/tmp'), '/state/dl/a', 'a path elsewhere is confined to the sandbox dir');
+  assert.equal(to('/state/dl/a/../b'), '/state/dl/a');
+  assert.equal(to('/state/dl/a/sub'), '/state/dl/a/sub');
   const ok = decide({ id: 1, method: 'Browser.setDownloadBehavior', params: { behavior: 'allow' } }, o) as { msg: { params?: Record<string, unknown> } };
   assert.equal(ok.msg.params?.downloadPath, '/state/dl/a');
   assert.equal(ok.msg.params?.browserContextId, 'CTX-A');
@@ -55,4 +57,12 @@ test('events about others are dropped; foreign auto-attached targets are release
   const c = decide({ id: 10, method: 'Target.createBrowserContext' }, o) as Parameters<typeof filterResponse>[0];
   filterResponse(c, { id: 10, result: { browserContextId: 'CTX-NEW' } }, o);
   assert.ok(o.contexts.has('CTX-NEW'), 'a context the agent creates is its own');
+});
+
+test("Chromium's own WebUI targets in an agent's context stay hidden", () => {
+  const o = own();
+  assert.equal(keepEvent({ method: 'Target.targetCreated', params: { targetInfo: { targetId: 'T-UI', browserContextId: 'CTX-A', type: 'browser_ui', url: 'chrome://omnibox-popup.top-chrome/' } } }, o), 'drop');
+  const d = decide({ id: 9, method: 'Target.getTargets' }, o) as Parameters<typeof filterResponse>[0];
+  const r = filterResponse(d, { id: 9, result: { targetInfos: [{ targetId: 'T-UI', browserContextId: 'CTX-A', type: 'browser_ui', url: 'chrome://omnibox-popup.top-chrome/' }, { targetId: 'T-A', browserContextId: 'CTX-A', type: 'page', url: 'about:blank' }] } }, o);
+  assert.deepEqual((r.result!.targetInfos as Array<{ targetId: string }>).map((t) => t.targetId), ['T-A']);
 });
