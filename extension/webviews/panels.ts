@@ -52,16 +52,7 @@ export interface BrowserSource {
 }
 export type TrenvDataSource = LogsSource & TraceSource & MemorySource & BrowserSource;
 
-/** A frame notification from the daemon (runtime-daemon/protocol BrowserFrame). */
-export interface BrowserFrame {
-  invocationId: string;
-  data?: string;
-  url?: string;
-  title?: string;
-  width?: number;
-  height?: number;
-  ended?: string;
-}
+import type { BrowserFrame } from '../../runtime-daemon/protocol/messages';
 
 // ---------------------------------------------------------------- host
 

@@ -9,28 +9,18 @@
  * straight vs through the proxy).
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { chromium as pw, Browser, Page } from 'playwright-core';
 import WebSocket from 'ws';
 import { BrowserBroker } from '../../runtime-daemon/browser/broker';
 import { Chromium } from '../../runtime-daemon/browser/chromium';
-import { ROOT } from '../integration/harness';
+import { forward, ROOT } from '../integration/harness';
 import { mdTable, MetricRow, percentile, row, writeReport } from './results';
 
 const NS = [1, 4, 8];
 const PAGES = ['/catalog/1', '/catalog/2', '/catalog/3'];
 
-function forward(socketPath: string): Promise<{ port: number; close(): void }> {
-  const server = net.createServer((c) => {
-    const u = net.createConnection(socketPath);
-    c.pipe(u).pipe(c);
-    u.on('error', () => c.destroy());
-    c.on('error', () => u.destroy());
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() })));
-}
 
 /** One agent: connect, open a page, load every page; returns the per-page load times. */
 async function agent(endpoint: string, base: string): Promise<{ browser: Browser; page: Page; loadMs: number[] }> {

@@ -6,12 +6,11 @@
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import WebSocket from 'ws';
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
-import { EXAMPLES, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
+import { EXAMPLES, forward, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 import { BrowserFrame, InvocationDetail, InvocationRecord, Methods, Notifications } from '../../runtime-daemon/protocol/messages';
 
 const HOLDER = path.join(ROOT, 'test/fixtures/agents/browser-holder');
@@ -81,17 +80,6 @@ async function hold(seconds: number): Promise<{ socket: string; done: Promise<In
   throw new Error('no holder agent ran within 30 s');
 }
 const taken = new Set<string>();
-
-/** A TCP port on the host that leads to a sandbox's endpoint socket (what `trenv-enter expose` is inside). */
-function forward(socketPath: string): Promise<{ port: number; close(): void }> {
-  const server = net.createServer((c) => {
-    const u = net.createConnection(socketPath);
-    c.pipe(u).pipe(c);
-    u.on('error', () => c.destroy());
-    c.on('error', () => u.destroy());
-  });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() })));
-}
 
 /** The browser's own view (straight to Chromium, as root): contexts and targets besides the default ones. */
 async function census(): Promise<{ contexts: number; targets: number }> {

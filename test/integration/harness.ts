@@ -4,6 +4,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect, DaemonClient } from '../../runtime-daemon/cli/client';
@@ -126,4 +127,15 @@ export async function waitFor(cond: () => boolean, ms = 5000, what = 'condition'
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A TCP port on the host that leads to a unix socket (what `trenv-enter expose` is inside a sandbox). */
+export function forward(socketPath: string): Promise<{ port: number; close(): void }> {
+  const server = net.createServer((c) => {
+    const u = net.createConnection(socketPath);
+    c.pipe(u).pipe(c);
+    u.on('error', () => c.destroy());
+    c.on('error', () => u.destroy());
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ port: (server.address() as net.AddressInfo).port, close: () => server.close() })));
 }

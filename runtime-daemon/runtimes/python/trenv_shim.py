@@ -259,6 +259,30 @@ def run_once():
 _FROZEN_GENERATORS = []
 
 
+def reseed_loaded_modules():
+    """Re-seed the generators of modules a clone may have inherited loaded (numpy, OpenSSL via
+    ssl, multiprocessing's authkey), from the kernel's (already re-seeded) randomness. Shared by
+    the microVM envelope path here and the fork zygote (trenv_zygote.py)."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        try:
+            np.random.seed()
+        except Exception:
+            pass
+    ssl = sys.modules.get("ssl")
+    if ssl is not None:
+        try:
+            ssl.RAND_add(os.urandom(32), 32.0)
+        except Exception:
+            pass
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None:  # the authkey is os.urandom(32) taken at import time
+        try:
+            mp.current_process().authkey = os.urandom(32)
+        except Exception:
+            pass
+
+
 def frozen_generators():
     """Remember the random.Random() objects that exist once the agent is loaded: a snapshot taken
     now freezes their state into every clone. Walking the heap here, before the snapshot, keeps it
@@ -291,18 +315,7 @@ def open_envelope(msg, chan):
         # every clone: re-seed each one (found before the snapshot, see frozen_generators())
         for obj in _FROZEN_GENERATORS:
             obj.seed(os.urandom(32))
-        ssl = sys.modules.get("ssl")
-        if ssl is not None:
-            try:
-                ssl.RAND_add(os.urandom(32), 32.0)
-            except Exception:
-                pass
-        np = sys.modules.get("numpy")
-        if np is not None:
-            try:
-                np.random.seed()
-            except Exception:
-                pass
+        reseed_loaded_modules()
         chan.send("log", level="debug", msg="trenv: re-seeded", fields={"random": "seeded from the envelope + os.urandom"})
     return msg.get("event", {})
 

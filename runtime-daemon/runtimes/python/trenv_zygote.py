@@ -203,24 +203,7 @@ def _reseed():
     prepared waiter it is off the critical path. OpenSSL (3.x) also reseeds on its own after
     fork; the zygote instantiated its DRBG at start so the RAND_add here is cheap."""
     random.seed(os.urandom(32))
-    np = sys.modules.get("numpy")
-    if np is not None:
-        try:
-            np.random.seed()
-        except Exception:
-            pass
-    ssl = sys.modules.get("ssl")
-    if ssl is not None:
-        try:
-            ssl.RAND_add(os.urandom(32), 32.0)
-        except Exception:
-            pass
-    mp = sys.modules.get("multiprocessing.process")
-    if mp is not None:  # the authkey is os.urandom(32) taken at import time
-        try:
-            mp.current_process().authkey = os.urandom(32)
-        except Exception:
-            pass
+    shim.reseed_loaded_modules()
 
 
 def _fresh_std_streams():
