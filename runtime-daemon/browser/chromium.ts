@@ -25,7 +25,7 @@ export const CHROMIUM_FLAGS = [
   '--disable-sync',
   '--disable-extensions',
   '--mute-audio',
-  '--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,InterestFeedContentSuggestions,CalculateNativeWinOcclusion',
+  '--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,InterestFeedContentSuggestions,CalculateNativeWinOcclusion,WebUIOmniboxPopup',
 ];
 
 export class Chromium extends EventEmitter {

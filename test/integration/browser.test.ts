@@ -40,7 +40,12 @@ class Cdp {
       if (typeof m.id === 'number') this.pending.get(m.id)?.(m);
       else this.events.push(m);
     });
-    ws.on('close', (code, reason) => (this.closed = { code, reason: reason.toString() }));
+    ws.on('close', (code, reason) => {
+      this.closed = { code, reason: reason.toString() };
+      // a closed connection answers nothing: fail what waits instead of hanging the suite
+      for (const r of this.pending.values()) r({ error: { message: `connection closed (${code} ${reason.toString()})` } });
+      this.pending.clear();
+    });
   }
   static open(socketPath: string): Promise<Cdp> {
     return new Promise((resolve, reject) => {
@@ -52,6 +57,7 @@ class Cdp {
   send(method: string, params: Record<string, unknown> = {}, sessionId?: string) {
     const id = ++this.seq;
     return new Promise<{ result?: Record<string, unknown>; error?: { message: string } }>((resolve) => {
+      if (this.closed) return resolve({ error: { message: 'connection closed' } });
       this.pending.set(id, resolve);
       this.ws.send(JSON.stringify({ id, method, params, ...(sessionId ? { sessionId } : {}) }));
     });
@@ -229,7 +235,7 @@ test("live view: the daemon streams screencast frames of an agent's page, with i
 });
 
 test('recovery: Chromium killed mid-session; open sessions get a clear error, the next one gets a new browser', async () => {
-  const H = await hold(10);
+  const H = await hold(25);
   const s = await Cdp.open(H.socket);
   await s.ok('Target.createTarget', { url: 'about:blank' });
   const st = await d.client.rpc.sendRequest(Methods.stats);
