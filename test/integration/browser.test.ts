@@ -116,8 +116,8 @@ test('the example agent reads local pages through the shared browser and returns
 });
 
 test('isolation: an agent sees and touches only its own targets, cookies and storage, and nothing browser-wide', async () => {
-  const A = await hold(12);
-  const B = await hold(12);
+  const A = await hold(20);
+  const B = await hold(20);
   const a = await Cdp.open(A.socket);
   const b = await Cdp.open(B.socket);
   // B opens a page that stores a secret (cookie + localStorage)
@@ -184,7 +184,7 @@ test('isolation: an agent sees and touches only its own targets, cookies and sto
 });
 
 test('playwright-core connectOverCDP and puppeteer-core work through the proxy unchanged', async () => {
-  const H = await hold(12);
+  const H = await hold(20);
   const fwd = await forward(H.socket);
   try {
     const browser = await chromium.connectOverCDP(`http://127.0.0.1:${fwd.port}`);
@@ -214,7 +214,7 @@ test('playwright-core connectOverCDP and puppeteer-core work through the proxy u
 });
 
 test("live view: the daemon streams screencast frames of an agent's page, with its URL and title", async () => {
-  const H = await hold(10);
+  const H = await hold(15);
   const s = await Cdp.open(H.socket);
   await s.ok('Target.createTarget', { url: `${web.url}/catalog/1` });
   const frames: BrowserFrame[] = [];
