@@ -14,6 +14,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 import type { GuestMemory } from '../protocol/messages';
 
 export type RootKind = 'pmem' | 'blk';
@@ -58,12 +59,27 @@ export function consoleTrouble(consolePath: string): string | undefined {
   }
 }
 
+/** Calls `onMessage` with every JSON object the socket sends, one per line (other lines are skipped). */
+function onJsonLines<T>(sock: net.Socket, onMessage: (msg: T) => void): void {
+  const rl = readline.createInterface({ input: sock, crlfDelay: Infinity });
+  rl.on('error', () => undefined); // a reset socket (QEMU gone): its close handler does the cleanup
+  rl.on('line', (line) => {
+    if (!line.trim()) return;
+    let msg: T;
+    try {
+      msg = JSON.parse(line) as T;
+    } catch {
+      return;
+    }
+    onMessage(msg);
+  });
+}
+
 // ---- QMP
 
 /** A minimal QMP client: one command at a time in flight per id, events emitted. */
 export class Qmp extends EventEmitter {
   private seq = 0;
-  private buf = '';
   private readonly pending = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private greeted!: Promise<void>;
 
@@ -71,27 +87,14 @@ export class Qmp extends EventEmitter {
     super();
     let greet: () => void;
     this.greeted = new Promise((r) => (greet = r));
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
-        const line = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 1);
-        if (!line.trim()) continue;
-        let msg: { QMP?: unknown; id?: string; return?: unknown; error?: { desc: string }; event?: string; data?: unknown };
-        try {
-          msg = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        if (msg.QMP) greet();
-        else if (msg.event) this.emit('event', msg.event, msg.data);
-        else if (msg.id && this.pending.has(msg.id)) {
-          const p = this.pending.get(msg.id)!;
-          this.pending.delete(msg.id);
-          if (msg.error) p.reject(new VmError(`QMP: ${msg.error.desc}`));
-          else p.resolve(msg.return);
-        }
+    onJsonLines<{ QMP?: unknown; id?: string; return?: unknown; error?: { desc: string }; event?: string; data?: unknown }>(sock, (msg) => {
+      if (msg.QMP) greet();
+      else if (msg.event) this.emit('event', msg.event, msg.data);
+      else if (msg.id && this.pending.has(msg.id)) {
+        const p = this.pending.get(msg.id)!;
+        this.pending.delete(msg.id);
+        if (msg.error) p.reject(new VmError(`QMP: ${msg.error.desc}`));
+        else p.resolve(msg.return);
       }
     });
     const fail = () => {
@@ -142,32 +145,19 @@ export interface GuestMsg {
 /** JSON lines with trenv-guest over the virtio-serial port's host socket. */
 export class GuestChannel extends EventEmitter {
   private seq = 0;
-  private buf = '';
   private readonly pending = new Map<number, { resolve: (m: GuestMsg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   closed = false;
 
   constructor(private readonly sock: net.Socket) {
     super();
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      this.buf += d;
-      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
-        const line = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 1);
-        let msg: GuestMsg;
-        try {
-          msg = JSON.parse(line) as GuestMsg;
-        } catch {
-          continue;
-        }
-        if (msg.t === 'ack' && typeof msg.id === 'number' && this.pending.has(msg.id)) {
-          const p = this.pending.get(msg.id)!;
-          this.pending.delete(msg.id);
-          clearTimeout(p.timer);
-          if (msg.ok) p.resolve(msg);
-          else p.reject(new VmError(`guest agent: ${msg.error ?? 'request failed'}`));
-        } else this.emit('msg', msg, process.hrtime.bigint());
-      }
+    onJsonLines<GuestMsg>(sock, (msg) => {
+      if (msg.t === 'ack' && typeof msg.id === 'number' && this.pending.has(msg.id)) {
+        const p = this.pending.get(msg.id)!;
+        this.pending.delete(msg.id);
+        clearTimeout(p.timer);
+        if (msg.ok) p.resolve(msg);
+        else p.reject(new VmError(`guest agent: ${msg.error ?? 'request failed'}`));
+      } else this.emit('msg', msg, process.hrtime.bigint());
     });
     sock.on('close', () => {
       this.closed = true;
