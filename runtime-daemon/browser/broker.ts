@@ -288,9 +288,13 @@ export class BrowserBroker extends EventEmitter {
     ws.on('message', onEarly);
     let upstream: CdpClient;
     try {
-      const admin = await this.prepare(ep);
-      void admin;
-      upstream = await CdpClient.open(this.chromium!.wsUrl);
+      await this.prepare(ep);
+      upstream = await CdpClient.open(this.chromium!.wsUrl).catch(async () => {
+        // the browser died and its exit is not handled yet: treat it as the crash it is, start anew
+        this.crashed(this.generation, 'the shared browser is gone');
+        await this.prepare(ep);
+        return CdpClient.open(this.chromium!.wsUrl);
+      });
     } catch (e) {
       ws.close(1011, (e as Error).message.slice(0, 120));
       return;
