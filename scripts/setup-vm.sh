@@ -53,7 +53,7 @@ mkdir -p runtime-daemon/native/build
 gcc -O2 -std=gnu11 -Wall -Wextra -Werror -o runtime-daemon/native/build/trenv-guest "$GUEST_SRC" -lcjson
 
 # ---- the build key: everything that goes into the images
-KEY=$( { echo "v3 $KVER"; sha256sum "$0" "$GUEST_SRC" runtime-daemon/runtimes/python/*.py runtime-daemon/runtimes/node/*.js;
+KEY=$( { echo "v3 $KVER"; sha256sum "$0" "$GUEST_SRC" runtime-daemon/runtimes/python/*.py runtime-daemon/runtimes/node/*.js runtime-daemon/runtimes/node/*.c;
   /usr/bin/python3 --version; /usr/bin/node --version; dpkg-query -W -f='${Version}' busybox-static; } | sha256sum | cut -c1-16)
 OUT="$VM_DIR/$KEY"
 if [ -f "$OUT/image.json" ]; then
@@ -117,6 +117,8 @@ tar -C /usr/lib --exclude='python3.11/test' --exclude='python3.11/idlelib' --exc
   --exclude='python3.11/turtledemo' --exclude='python3.11/lib2to3' --exclude='python3.11/ensurepip' \
   --exclude='python3.11/config-3.11-x86_64-linux-gnu' -cf - python3.11 | tar -C "$RF/usr/lib" -xf -
 cp -r runtime-daemon/runtimes/python runtime-daemon/runtimes/node "$RF/opt/trenv/runtimes/"
+rm -f "$RF/opt/trenv/runtimes/node/"*.c
+[ -f "$RF/opt/trenv/runtimes/node/trenv_rand.node" ] || warn "the Node re-seed addon is not built: Node VM clones will share OpenSSL's DRBG state"
 # exactly the shared libraries these binaries load
 for b in /usr/bin/python3.11 /usr/bin/node runtime-daemon/native/build/trenv-guest /usr/lib/python3.11/lib-dynload/*.so; do
   ldd "$b" 2>/dev/null | awk '/=> \//{print $3} /^\t\/lib64/{print $1}'

@@ -49,15 +49,17 @@ for lock in examples/*/package-lock.json; do
   fi
 done
 
+# ---- native helpers: the sandbox manager, trenv-enter, the Node re-seed addon (the VM images copy it)
+log "building the native sandbox manager"
+make -s -C runtime-daemon/native
+
 # ---- CRIU 4 in a private prefix (Debian 12's criu 3.17 fails on this kernel): Node templates, CRIU baseline
 bash scripts/setup-criu.sh || echo "setup: CRIU is unavailable ($?): Node agents run without memory templates" >&2
 
 # ---- microVMs: QEMU, the guest kernel (downloaded, not installed), initramfs and root filesystem image
 bash scripts/setup-vm.sh || echo "setup: microVM images could not be built ($?): invoking with --vm will say why" >&2
 
-# ---- native sandbox manager and bundles
-log "building the native sandbox manager"
-make -s -C runtime-daemon/native
+# ---- bundles
 log "bundling the daemon and CLI"
 node scripts/build.mjs
 log "ready"

@@ -100,11 +100,18 @@ test('a Node template is a CRIU checkpoint; an instance restored from it gives t
   report.push(`cold trace: ${cd.trace.map((s) => `${s.name} ${s.durationMs.toFixed(1)}`).join(', ')}`);
 });
 
-test('restored instances are re-seeded: different Math.random() and crypto.randomUUID()', opts, async () => {
+test('restored instances are re-seeded: Math.random(), crypto.randomUUID(), and OpenSSL-internal randomness (EC keys, ECDH, HMAC keys) differ', opts, async () => {
   const dir = agentWith(
     'node-rand',
     'rand.js',
-    `'use strict';\nconst crypto = require('node:crypto');\nconst atLoad = Math.random();\nexports.handler = async (event, ctx) => ({ random: Math.random(), uuid: crypto.randomUUID(), bytes: crypto.randomBytes(8).toString('hex'), atLoad, id: process.env.TRENV_INVOCATION_ID, ctxId: ctx.invocationId });\n`,
+    `'use strict';\nconst crypto = require('node:crypto');\nconst atLoad = Math.random();\n` +
+      // fills Node's JS-side randomUUID/randomInt caches and keeps a reference before the checkpoint
+      `const early = crypto.randomUUID() + crypto.randomInt(10);\nconst { randomBytes: rb } = crypto;\n` +
+      `exports.handler = async (event, ctx) => ({ random: Math.random(), uuid: crypto.randomUUID(), bytes: crypto.randomBytes(8).toString('hex'), atLoad, id: process.env.TRENV_INVOCATION_ID, ctxId: ctx.invocationId,\n` +
+      `  ecKey: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'),\n` +
+      `  ecdh: crypto.createECDH('prime256v1').generateKeys('hex'), hmacKey: crypto.generateKeySync('hmac', { length: 256 }).export().toString('hex'),\n` +
+      `  asyncBytes: await new Promise((ok, no) => crypto.randomBytes(16, (e, b) => (e ? no(e) : ok(b.toString('hex'))))),\n` +
+      `  int: crypto.randomInt(2 ** 47), earlyRef: rb(16).toString('hex'), early });\n`,
   );
   await build(dir);
   const [a, b] = await Promise.all([d.invoke({ agentDir: dir, event: {} }), d.invoke({ agentDir: dir, event: {} })]);
@@ -114,8 +121,9 @@ test('restored instances are re-seeded: different Math.random() and crypto.rando
   }
   const ra = a.result as Record<string, unknown>;
   const rb = b.result as Record<string, unknown>;
-  for (const k of ['random', 'uuid', 'bytes']) assert.notEqual(ra[k], rb[k], `${k} differs between clones`);
+  for (const k of ['random', 'uuid', 'bytes', 'ecKey', 'ecdh', 'hmacKey', 'asyncBytes', 'int', 'earlyRef']) assert.notEqual(ra[k], rb[k], `${k} differs between clones`);
   assert.equal(ra.atLoad, rb.atLoad, 'values computed before the checkpoint are part of the template');
+  assert.equal(ra.early, rb.early);
   assert.equal(ra.id, a.id, 'per-invocation env reaches the handler');
   assert.equal(ra.ctxId, a.id);
 });
@@ -210,15 +218,16 @@ test('time limit, kill and OOM of a restored handler', opts, async () => {
     'node-limits',
     'slow.js',
     `'use strict';\nexports.handler = async (e) => { if (e.mb) { const a = []; for (let i = 0; i < e.mb; i++) a.push(Buffer.alloc(1 << 20, i)); return a.length; } await new Promise((r) => setTimeout(r, e.ms)); return 'late'; };\n`,
-    { timeoutMs: 1500, memoryMb: 96 },
+    // a limit that a loaded machine cannot hit by accident while the kill or the OOM is under way
+    { timeoutMs: 4000, memoryMb: 96 },
   );
   await build(dir);
   const t = await d.invoke({ agentDir: dir, event: { ms: 20_000 } });
   assert.equal(t.state, 'timeout', JSON.stringify(t));
   assert.equal(t.template, 'node-limits');
-  assert.ok(t.durationMs! < 6000, `ended at the limit: ${t.durationMs} ms`);
-  // trenv/kill
-  const p = d.invoke({ agentDir: dir, event: { ms: 1200 } });
+  assert.ok(t.durationMs! < 12_000, `ended at the limit, not at the handler's 20 s: ${t.durationMs} ms`);
+  // trenv/kill (the handler would sleep past the limit; only the kill ends it as 'killed')
+  const p = d.invoke({ agentDir: dir, event: { ms: 20_000 } });
   let id: string | undefined;
   for (let i = 0; i < 200 && !id; i++) {
     const l = await d.client.rpc.sendRequest(Methods.listInvocations, { limit: 5 });

@@ -137,6 +137,34 @@ test('clones differ in RNG state (kernel and runtime), get the host clock and th
   }
 });
 
+test('Node clones of one VM template draw different OpenSSL randomness (keys, ECDH, randomBytes, randomUUID)', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trenv-vm-node-rand-'));
+  fs.chmodSync(dir, 0o755);
+  fs.writeFileSync(path.join(dir, 'trenv.json'), JSON.stringify({ name: 'vm-node-rand', runtime: 'node', handler: 'rand.js:handler', sandbox: 'vm', limits: { memoryMb: 192, timeoutMs: 30000 } }));
+  fs.writeFileSync(
+    path.join(dir, 'rand.js'),
+    `'use strict';\nconst crypto = require('node:crypto');\nconst early = crypto.randomUUID();\n` +
+      `exports.handler = async () => ({ early, uuid: crypto.randomUUID(), bytes: crypto.randomBytes(16).toString('hex'), random: Math.random(),\n` +
+      `  ecKey: crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('hex'),\n` +
+      `  ecdh: crypto.createECDH('prime256v1').generateKeys('hex') });\n`,
+  );
+  try {
+    const a = await d.invoke({ agentDir: dir, event: {} });
+    const b = await d.invoke({ agentDir: dir, event: {} });
+    for (const r of [a, b]) {
+      assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+      assert.equal(r.start, 'vm-clone');
+    }
+    const ra = a.result as Record<string, unknown>;
+    const rb = b.result as Record<string, unknown>;
+    assert.equal(ra.early, rb.early, 'both are clones of one initialised template');
+    for (const k of ['uuid', 'bytes', 'random', 'ecKey', 'ecdh']) assert.notEqual(ra[k], rb[k], `${k} differs between clones`);
+  } finally {
+    await d.client.rpc.sendRequest(Methods.deleteTemplate, { name: 'vm-node-rand' }).catch(() => undefined);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("a write in one clone shows neither in another clone nor in the template's memory file", async () => {
   const warm = await d.invoke({ agentDir: VMPROBE, event: { action: 'check_marker' } });
   assert.equal(warm.state, 'succeeded');

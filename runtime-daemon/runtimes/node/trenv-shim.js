@@ -221,18 +221,36 @@ async function readEvent(stream) {
  * /dev/urandom can be read. Then:
  *  - Math.random: V8 cannot re-seed its generator, so it is replaced by xoshiro128**
  *    seeded from that entropy (same contract: doubles in [0, 1), not cryptographic).
- *  - node:crypto: OpenSSL's DRBG state is a copy of the template's (OpenSSL 3.0 re-seeds on
- *    a getpid() change, and CRIU restores the same PID) and Node has no call to re-seed it
- *    (setEngine('rdrand') does not change RAND_bytes once OpenSSL is initialised: tried).
- *    So the JS random APIs -- crypto.randomBytes, randomFill(Sync), randomUUID, randomInt,
- *    getRandomValues and globalThis.crypto.getRandomValues/randomUUID -- are wrapped: the
- *    original still validates arguments, then the bytes are overwritten from a ChaCha20
- *    keystream keyed with the fresh entropy (a per-clone CSPRNG).
- *    NOT covered: OpenSSL-internal randomness (key generation, TLS handshake randoms and
- *    ephemeral keys, DH/ECDH), and references to the functions taken before the checkpoint
- *    (e.g. `const { randomUUID } = require('crypto')` at module load).
+ *  - OpenSSL: its DRBG state is a copy of the template's (OpenSSL 3.0 re-seeds on a getpid()
+ *    change, and clones keep the template's PID) and Node has no JavaScript call to re-seed
+ *    it, so the addon trenv_rand.node (loaded before the snapshot, see preloadReseed) calls
+ *    RAND_add() with the fresh entropy: the primary DRBG re-seeds and every per-thread DRBG
+ *    follows on its next use. This covers everything that draws from OpenSSL: randomBytes,
+ *    randomFill, getRandomValues, key generation, DH/ECDH, TLS handshake randoms.
+ *  - randomUUID and randomInt: Node serves them from JS-side caches of random bytes filled
+ *    on first use; a cache filled before the snapshot would be replayed in every clone, so
+ *    both are replaced by versions drawing from the re-seeded OpenSSL.
+ *  - Without the addon (not built): the JS random APIs -- crypto.randomBytes, randomFill(Sync),
+ *    randomUUID, randomInt, getRandomValues and globalThis.crypto.getRandomValues/randomUUID --
+ *    are wrapped: the original still validates arguments, then the bytes are overwritten from
+ *    a ChaCha20 keystream keyed with the fresh entropy. OpenSSL-internal randomness (key
+ *    generation, TLS, DH/ECDH) is then NOT re-seeded, and references to the functions taken
+ *    before the checkpoint keep the originals; the debug log says so.
  * Returns what was done (reported as a debug log on chan).
  */
+let randAddon = null;
+let randAddonError = null;
+/** Load the re-seed addon (before the snapshot, so no clone pays for the dlopen). */
+function preloadReseed() {
+  try {
+    const m = { exports: {} };
+    process.dlopen(m, path.join(__dirname, 'trenv_rand.node'));
+    randAddon = m.exports;
+  } catch (err) {
+    randAddonError = `trenv_rand.node not loaded: ${err.message.split('\n')[0]}`;
+  }
+}
+
 function reseed(seedHex) {
   const crypto = require('node:crypto');
   let seed = Buffer.from(String(seedHex), 'hex');
@@ -265,10 +283,18 @@ function reseed(seedHex) {
     writable: true, configurable: true, enumerable: false,
   });
 
-  // node:crypto JS APIs: a per-clone ChaCha20 keystream (the key never leaves this closure)
-  const key = crypto.createHash('sha256').update('trenv-crypto-reseed').update(seed).digest();
-  const stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
-  const fresh = (n) => stream.update(Buffer.alloc(n));
+  // OpenSSL's DRBG (see above); the input is derived from the seed, never the seed itself
+  let openssl = false;
+  if (randAddon) openssl = randAddon.reseed(crypto.createHash('sha256').update('trenv-openssl-reseed').update(seed).digest()) === true;
+  // node:crypto JS APIs: the re-seeded OpenSSL, or else a per-clone ChaCha20 keystream
+  let fresh;
+  if (openssl) {
+    fresh = (n) => crypto.randomBytes(n);
+  } else {
+    const key = crypto.createHash('sha256').update('trenv-crypto-reseed').update(seed).digest();
+    const stream = crypto.createCipheriv('chacha20', key, Buffer.alloc(16));
+    fresh = (n) => stream.update(Buffer.alloc(n));
+  }
   const bytesOf = (buf) => (ArrayBuffer.isView(buf) ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : new Uint8Array(buf));
   const fillRange = (buf, offset, size) => {
     const el = buf.BYTES_PER_ELEMENT || 1;
@@ -328,6 +354,8 @@ function reseed(seedHex) {
     },
   };
   const origUUID = crypto.randomUUID;
+  // with OpenSSL re-seeded only the two cached APIs need replacing
+  if (openssl) for (const k of ['randomBytes', 'randomFillSync', 'randomFill', 'getRandomValues']) delete wrapped[k];
   for (const [k, v] of Object.entries(wrapped)) {
     // crypto.getRandomValues is a fixed accessor that calls globalThis.crypto's (patched below)
     const desc = Object.getOwnPropertyDescriptor(crypto, k);
@@ -338,7 +366,7 @@ function reseed(seedHex) {
   if (web) {
     const proto = Object.getPrototypeOf(web);
     const gv = proto.getRandomValues;
-    Object.defineProperty(proto, 'getRandomValues', {
+    if (!openssl) Object.defineProperty(proto, 'getRandomValues', {
       value: function getRandomValues(arr) {
         gv.call(this, arr);
         return fillRange(arr);
@@ -347,7 +375,11 @@ function reseed(seedHex) {
     });
     Object.defineProperty(proto, 'randomUUID', { value: function randomUUID() { return uuid(); }, writable: true, configurable: true, enumerable: true });
   }
-  return { math: 'xoshiro128**', crypto: 'chacha20 (JS APIs only; OpenSSL internal DRBG still cloned)', kernel };
+  return {
+    math: 'xoshiro128**',
+    crypto: openssl ? 'OpenSSL DRBG re-seeded (RAND_add); randomUUID/randomInt caches bypassed' : `chacha20 (JS APIs only; OpenSSL internal DRBG still cloned: ${randAddonError ?? 'addon reported not ready'})`,
+    kernel,
+  };
 }
 
 /** Unwrap a restore envelope (see the header): apply env, re-seed, return the event. */
@@ -393,7 +425,10 @@ function runOnce() {
       return fail(err, EXIT.LOAD);
     }
     // a snapshot is taken after `loaded`: load what re-seeding needs now, not in every clone
-    if (process.env.TRENV_EVENT_ENVELOPE === '1') require('node:crypto').createHash('sha256').update('warm').digest();
+    if (process.env.TRENV_EVENT_ENVELOPE === '1') {
+      require('node:crypto').createHash('sha256').update('warm').digest();
+      preloadReseed();
+    }
     chan.send('loaded');
     phase = 'handler';
 
