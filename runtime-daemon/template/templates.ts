@@ -300,11 +300,14 @@ export class TemplateManager {
         timeoutMs: 30_000,
       });
       progress(`template ${name}: agent loaded in ${launched.readyMs.toFixed(0)} ms; checkpointing it with CRIU`);
+      checkDiskFor(name, tdir, launched.hostPid);
       d = await dump(launched.hostPid, tmpImages, { target, envelope: true, runtime: 'node', timeoutMs: 60_000 });
     } catch (e) {
       fs.rmSync(tmpImages, { recursive: true, force: true });
+      if (e instanceof TemplateError) throw e;
       const out = launched?.output().trim();
-      throw new TemplateError(`building the CRIU template of ${name} failed: ${(e as Error).message}${out ? `\n--- shim output ---\n${out.slice(-2000)}` : ''}`);
+      const full = isDiskFull(e as Error) ? ` (the disk holding ${tdir} is full: ${freeMb(tdir)} MiB free)` : '';
+      throw new TemplateError(`building the CRIU template of ${name} failed${full}: ${(e as Error).message}${out ? `\n--- shim output ---\n${out.slice(-2000)}` : ''}`);
     } finally {
       launched?.close();
       await sbx.destroySandbox(sb).catch((e: Error) => this.log(`template ${name}: destroying the build sandbox: ${e.message}`));
@@ -439,5 +442,35 @@ export class TemplateManager {
 
   async stopAll(): Promise<void> {
     await Promise.all([...this.live.keys()].map((n) => this.stopLive(n)));
+  }
+}
+
+/** MiB free for unprivileged writers on the file system holding `dir`. */
+function freeMb(dir: string): number {
+  const st = fs.statfsSync(dir);
+  return Math.floor((st.bavail * st.bsize) / 2 ** 20);
+}
+
+/** ENOSPC from our own writes, or CRIU reporting it in its output or log. */
+function isDiskFull(e: Error & { code?: string; log?: string }): boolean {
+  return e.code === 'ENOSPC' || /No space left on device|ENOSPC/i.test(`${e.message}\n${e.log ?? ''}`);
+}
+
+/**
+ * Refuses to start a dump that cannot fit: CRIU images hold about the process's resident memory
+ * (pages) plus a little metadata, so ask for its RSS plus 25% and 8 MiB. Failing here gives a
+ * clear error and leaves no half-written images behind.
+ */
+function checkDiskFor(name: string, dir: string, pid: number): void {
+  let rssKb = 0;
+  try {
+    rssKb = Number(/VmRSS:\s*(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return; // gone: the dump reports it
+  }
+  const needMb = Math.ceil((rssKb * 1.25) / 1024) + 8;
+  const free = freeMb(dir);
+  if (free < needMb) {
+    throw new TemplateError(`not enough disk space for the CRIU images of ${name}: about ${needMb} MiB needed, ${free} MiB free in ${dir}; free some space or delete unused templates (\`trenv template rm\`)`);
   }
 }

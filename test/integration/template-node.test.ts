@@ -5,7 +5,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -242,6 +242,31 @@ test('time limit, kill and OOM of a restored handler', opts, async () => {
   const o = await d.invoke({ agentDir: dir, event: { mb: 400 } });
   assert.equal(o.state, 'oom', JSON.stringify(o));
   assert.equal(o.template, 'node-limits');
+});
+
+test('out of disk: a template build that cannot fit fails with a clear error, leaves nothing behind, and the agent still runs cold', opts, async () => {
+  const dir = agentWith('node-disk', 'disk.js', `'use strict';\nexports.handler = async () => ({ ok: 1 });\n`);
+  // the template's own dir on a 4 MiB file system: the images of a node process need ~40 MiB
+  const tdir = path.join(d.stateDir, 'templates', 'node-disk');
+  fs.mkdirSync(tdir, { recursive: true, mode: 0o700 });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'trenv-test-full', tdir]);
+  try {
+    await assert.rejects(build(dir), (e: Error) => {
+      assert.match(e.message, /not enough disk space for the CRIU images of node-disk: about \d+ MiB needed, \d+ MiB free/);
+      return true;
+    });
+    assert.deepEqual(fs.readdirSync(tdir), [], 'no half-written images or meta left behind');
+    const r = await d.invoke({ agentDir: dir, event: {} });
+    assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+    assert.equal(r.template, undefined, 'started cold');
+    assert.deepEqual(r.result, { ok: 1 });
+  } finally {
+    execFileSync('umount', [tdir]);
+  }
+  const t = await build(dir);
+  assert.equal(t.kind, 'criu', 'with space back, the build works');
+  const r = await d.invoke({ agentDir: dir, event: {} });
+  assert.equal(r.template, 'node-disk');
 });
 
 test('templates survive a daemon restart (nothing to restart: the images are the template)', opts, async () => {
