@@ -281,7 +281,7 @@ test('templates survive a daemon restart (nothing to restart: the images are the
 });
 
 test('no leftovers: only sandbox inits in the cgroups, no images of deleted templates', opts, async () => {
-  for (const n of ['node-rand', 'node-mem', 'node-limits', 'node-tool-agent']) {
+  for (const n of ['node-rand', 'node-mem', 'node-limits', 'node-tool-agent', 'node-disk']) {
     assert.equal((await d.client.rpc.sendRequest(Methods.deleteTemplate, { name: n })).deleted, true, n);
   }
   const names = fs.readdirSync(path.join(d.stateDir, 'templates'));
