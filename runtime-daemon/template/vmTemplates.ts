@@ -244,6 +244,14 @@ export class VmTemplateManager extends EventEmitter {
     const tmp = path.join(this.dir, `${k.name}.building`);
     fs.rmSync(tmp, { recursive: true, force: true });
     fs.mkdirSync(tmp, { recursive: true, mode: 0o700 });
+    // the guest's RAM lands in a file here (a shared file that fills while the guest runs, or
+    // the saved state): with too little space QEMU would die of SIGBUS or the save would fail
+    const st = fs.statfsSync(tmp);
+    const freeMb = Math.floor((st.bavail * st.bsize) / 2 ** 20);
+    if (freeMb < k.memoryMb + 32) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      throw new VmError(`not enough disk space for the VM template ${k.name}: about ${k.memoryMb + 32} MiB needed (guest RAM + device state), ${freeMb} MiB free in ${this.dir}`);
+    }
     const vm = new Vm({
       id: `tb-${crypto.randomBytes(4).toString('hex')}`,
       dir: path.join(this.vmsDir, `tb-${crypto.randomBytes(4).toString('hex')}`),

@@ -5,6 +5,7 @@
  */
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -286,6 +287,22 @@ test('microVM requests that cannot work get clear errors', async () => {
   const egress = copyAgent(VMPROBE, (m) => (m.network = 'egress'));
   await assert.rejects(d.invoke({ agentDir: egress }), /microVMs have no network/);
   await assert.rejects(d.invoke({ agentDir: VMPROBE, vmRoot: 'nfs' as 'blk' }), /"vmRoot" must be/);
+  // out of disk: checked before a guest boots (a full RAM file would kill QEMU with SIGBUS)
+  const d2 = await startDaemon();
+  const tdir = path.join(d2.stateDir, 'vm-templates');
+  fs.mkdirSync(tdir, { recursive: true, mode: 0o700 });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m,mode=0700', 'trenv-test-full', tdir]);
+  try {
+    await assert.rejects(
+      d2.client.rpc.sendRequest(Methods.buildTemplate, { agentDir: VMPROBE, vm: true }),
+      /not enough disk space for the VM template vmprobe[\w-]*: about \d+ MiB needed \(guest RAM \+ device state\), \d+ MiB free/,
+    );
+    assert.deepEqual(fs.readdirSync(tdir), [], 'nothing left behind');
+    assert.deepEqual(qemusOf(d2.stateDir), [], 'no guest was started');
+  } finally {
+    await d2.stop();
+    execFileSync('umount', [tdir]);
+  }
 });
 
 test('page-cache bypass: with the root on virtio-pmem (DAX) the guest caches none of it; on virtio-blk it does', async () => {
