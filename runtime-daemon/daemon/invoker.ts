@@ -248,7 +248,6 @@ export class Invoker extends EventEmitter {
       if (why) throw new Error(`microVM sandboxes are not available: ${why}`);
       if (params.debug) throw new Error('debugging in a microVM is not supported yet: debug the agent in a container (drop --vm / "sandbox": "vm")');
       if (m.network !== 'none') throw new Error('microVMs have no network in this version: run an agent with "network": "egress" in a container');
-      if (m.browser) throw new Error('the shared browser is reachable from container sandboxes only in this version: run an agent with "browser": true in a container');
     }
     if (m.browser && !this.browser) throw new Error('this daemon has no shared browser (chromium is not installed?): run scripts/setup.sh');
     const debugPort = params.debug ? DEBUG_PORTS[m.runtime] : undefined;
@@ -450,6 +449,23 @@ export class Invoker extends EventEmitter {
         void this.browser!.release(sb.id);
         const rec = finish('failed', { error: { type: 'BrowserError', message, phase: 'sandbox' } });
         void this.pool.release(sb, true).catch(() => undefined);
+        return rec;
+      }
+    }
+    // ---- microVMs: the guest's 127.0.0.1:9222 is relayed over a virtio-serial port (vmCdp.ts)
+    if (m.browser && vmA) {
+      const t0 = process.hrtime.bigint();
+      const vmId = vmA.vm.cfg.id;
+      try {
+        vmA.vm.cdp.setTarget(await this.browser!.endpoint(vmId, this.browser!.downloadsDir(vmId)));
+        env.push(`TRENV_BROWSER_CDP=http://127.0.0.1:${BROWSER_PORT}`);
+        span('browser.endpoint', t0, process.hrtime.bigint(), { port: BROWSER_PORT, how: 'own browser context in the shared Chromium, through the filtering CDP proxy; guest loopback relayed over virtio-serial' });
+      } catch (e) {
+        const message = `could not give the agent its browser: ${(e as Error).message}`;
+        log('system', message, 'error');
+        void this.browser!.release(vmId);
+        const rec = finish('failed', { error: { type: 'BrowserError', message, phase: 'sandbox' } });
+        void this.vms!.pool.release(vmA.vm).catch(() => undefined);
         return rec;
       }
     }
@@ -774,7 +790,12 @@ export class Invoker extends EventEmitter {
       // a VM serves one invocation: destroyed, never handed on (the pool restores fresh clones)
       const t0 = process.hrtime.bigint();
       const vm = vmA.vm;
+      vm.cdp?.setTarget(undefined);
       void this.vms!.pool.release(vm).then(() => span('cleanup.vm.destroy', t0, process.hrtime.bigint(), { pid: vm.pid }));
+      if (m.browser) {
+        const t1 = process.hrtime.bigint();
+        void this.browser!.release(vm.cfg.id).then(() => span('cleanup.browser', t1, process.hrtime.bigint()));
+      }
       return final;
     }
     if (expose) {

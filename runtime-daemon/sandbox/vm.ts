@@ -16,6 +16,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { GuestMemory } from '../protocol/messages';
+import { CDP_PORT_NAME, CdpRelay } from './vmCdp';
 
 export type RootKind = 'pmem' | 'blk';
 export type Accel = 'kvm' | 'tcg';
@@ -276,6 +277,9 @@ export function qemuArgs(c: VmConfig): string[] {
     '-device', 'virtio-serial-pci,id=vs',
     '-chardev', `socket,id=ch,path=${path.join(c.dir, 'chan.sock')},server=on,wait=off`,
     '-device', 'virtserialport,bus=vs.0,chardev=ch,name=org.trenv.0',
+    // the shared browser's relay (vmCdp.ts): guest 127.0.0.1:9222 <-> the sandbox's CDP endpoint
+    '-chardev', `socket,id=cdp,path=${path.join(c.dir, 'cdp.sock')},server=on,wait=off`,
+    '-device', `virtserialport,bus=vs.0,chardev=cdp,name=${CDP_PORT_NAME}`,
     '-qmp', `unix:${path.join(c.dir, 'qmp.sock')},server=on,wait=off`,
     // a second QMP monitor for the developer's own tools (qmp-shell, an NMI to crash a wedged
     // guest): QEMU serves one client per monitor and the daemon holds the first
@@ -316,6 +320,8 @@ export class Vm extends EventEmitter {
   proc!: ChildProcess;
   qmp!: Qmp;
   chan!: GuestChannel;
+  /** the shared browser's relay (idle until the invoker gives it a target) */
+  cdp!: CdpRelay;
   readonly spans: Span[] = [];
   exited = false;
   exitInfo = '';
@@ -367,6 +373,7 @@ export class Vm extends EventEmitter {
     fs.writeFileSync(path.join(this.cfg.dir, 'pid'), String(this.proc.pid));
     this.qmp = await Promise.race([Qmp.connect(path.join(this.cfg.dir, 'qmp.sock'), timeoutMs), exited]);
     this.chan = new GuestChannel(await Promise.race([connectUnix(path.join(this.cfg.dir, 'chan.sock'), timeoutMs), exited]));
+    this.cdp = new CdpRelay(await Promise.race([connectUnix(path.join(this.cfg.dir, 'cdp.sock'), timeoutMs), exited]));
     this.qmp.on('event', (ev: string, data: unknown) => {
       if (ev === 'GUEST_PANICKED') this.emit('panic', data);
     });
@@ -447,6 +454,7 @@ export class Vm extends EventEmitter {
     if (this.destroyed) return;
     this.destroyed = true;
     this.chan?.close();
+    this.cdp?.close();
     this.qmp?.close();
     if (this.proc && !this.exited) {
       const gone = new Promise<void>((r) => this.proc.once('exit', () => r()));

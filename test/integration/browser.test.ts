@@ -269,6 +269,26 @@ test('cleanup: 100 sandboxes in a row leave no browser contexts or targets behin
   assert.equal(st.browser!.endpoints, 0);
 });
 
-test('an agent that asks for a browser in a microVM gets a clear error', async () => {
-  await assert.rejects(d.invoke({ agentDir: HOLDER, sandbox: 'vm' }), /reachable from container sandboxes only/);
+test('microVMs reach the shared browser over their host channel: the example agent in a VM gives the container result, and its context goes with it', async () => {
+  const event = { urls: [`${web.url}/catalog/1`, `${web.url}/catalog/2`] };
+  const agentDir = path.join(EXAMPLES, 'node-web-extract');
+  const inVm = await d.invoke({ agentDir, event, sandbox: 'vm' });
+  assert.equal(inVm.state, 'succeeded', JSON.stringify(inVm.error));
+  assert.equal(inVm.sandboxKind, 'vm');
+  const inContainer = await d.invoke({ agentDir, event });
+  assert.equal(inContainer.state, 'succeeded', JSON.stringify(inContainer.error));
+  assert.deepEqual(inVm.result, inContainer.result);
+  const det = await d.client.rpc.sendRequest(Methods.getInvocation, { id: inVm.id });
+  const ep = det.trace.find((s) => s.name === 'browser.endpoint');
+  assert.match(String(ep?.attrs?.how), /virtio-serial/);
+  let c = await census();
+  for (let i = 0; i < 50 && (c.contexts > 0 || c.targets > 0); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    c = await census();
+  }
+  assert.deepEqual(c, { contexts: 0, targets: 0 }, 'the VM agent\'s context was disposed');
+  // a VM agent without "browser": true finds nothing behind the guest's 127.0.0.1:9222
+  const probe = await d.invoke({ agentDir: path.join(ROOT, 'test/fixtures/agents/vmprobe'), event: { action: 'connect', port: 9222 } });
+  assert.equal(probe.state, 'succeeded', JSON.stringify(probe.error));
+  assert.equal((probe.result as { answered: boolean }).answered, false, JSON.stringify(probe.result));
 });

@@ -5,6 +5,11 @@
 // available on this machine. One request per line, each answered by an `ack` with its id; the
 // handler's output and its exit arrive as asynchronous messages. See PROTOCOL.md next to this file.
 //
+// A second port (org.trenv.cdp) carries the shared browser: trenv-guest listens on the guest's
+// 127.0.0.1:9222 and relays each TCP connection over that port as binary frames (see PROTOCOL.md);
+// the daemon joins each one to the sandbox's own filtering CDP endpoint. The guest has no network
+// device: loopback is all it gets.
+//
 // JSON is parsed and written with cJSON (Debian's libcjson). Byte streams travel base64-encoded so
 // a chunk that splits a UTF-8 sequence or carries binary output is passed on exactly.
 #define _GNU_SOURCE
@@ -13,6 +18,9 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <grp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/random.h>
 #include <poll.h>
 #include <signal.h>
@@ -25,6 +33,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -32,7 +41,13 @@
 #include <unistd.h>
 
 #define PORT_NAME "org.trenv.0"
+#define CDP_PORT_NAME "org.trenv.cdp"
+#define CDP_TCP_PORT 9222
 #define MAX_LINE (32 * 1024 * 1024)
+#define MAX_CONNS 32
+#define FRAME_HDR 9                   // type (1) + connection id (4, BE) + payload length (4, BE)
+#define MAX_FRAME (1024 * 1024)
+enum { F_OPEN = 1, F_DATA = 2, F_CLOSE = 3 };
 
 static int port_fd = -1;
 static pid_t child = 0;            // the running runtime shim (its own process group)
@@ -413,7 +428,129 @@ static void handle(char *line) {
   cJSON_Delete(req);
 }
 
-static int open_port(void) {
+// ---- the browser relay: 127.0.0.1:9222 in the guest <-> frames on org.trenv.cdp
+
+static int cdp_port = -1, cdp_listen = -1;
+static struct { int fd; uint32_t id; } conns[MAX_CONNS];
+static uint32_t next_conn = 1;
+static unsigned char *cdp_in;      // frames from the host, not yet complete
+static size_t cdp_len, cdp_cap;
+
+static void send_frame(int type, uint32_t id, const void *data, uint32_t len) {
+  unsigned char h[FRAME_HDR] = {(unsigned char)type};
+  uint32_t nid = htonl(id), nlen = htonl(len);
+  memcpy(h + 1, &nid, 4);
+  memcpy(h + 5, &nlen, 4);
+  write_all(cdp_port, (const char *)h, sizeof h);
+  if (len) write_all(cdp_port, data, len);
+}
+
+static int conn_slot(uint32_t id) {
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (conns[i].fd >= 0 && conns[i].id == id) return i;
+  return -1;
+}
+
+static void conn_close(int i, int tell_host) {
+  if (tell_host) send_frame(F_CLOSE, conns[i].id, NULL, 0);
+  close(conns[i].fd);
+  conns[i].fd = -1;
+}
+
+// Blocking write to a guest socket (the agent reads while it writes: CDP clients are asynchronous).
+static int conn_write(int fd, const unsigned char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd pf = {.fd = fd, .events = POLLOUT};
+        if (poll(&pf, 1, 5000) <= 0) return -1; // a client that stopped reading is dropped
+        continue;
+      }
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static void loopback_up(void) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) console("loopback: %s", strerror(errno));
+  else {
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) console("loopback up: %s", strerror(errno));
+  }
+  if (s >= 0) close(s);
+}
+
+static void cdp_setup(int port) {
+  for (int i = 0; i < MAX_CONNS; i++) conns[i].fd = -1;
+  cdp_port = port;
+  if (cdp_port < 0) return; // an older host: no browser relay
+  loopback_up();
+  cdp_listen = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int one = 1;
+  setsockopt(cdp_listen, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(CDP_TCP_PORT), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (bind(cdp_listen, (struct sockaddr *)&a, sizeof a) < 0 || listen(cdp_listen, 16) < 0) {
+    console("browser relay: cannot listen on 127.0.0.1:%d: %s", CDP_TCP_PORT, strerror(errno));
+    close(cdp_listen);
+    cdp_listen = -1;
+  }
+}
+
+static void cdp_accept(void) {
+  int fd = accept4(cdp_listen, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (fd < 0) return;
+  for (int i = 0; i < MAX_CONNS; i++) {
+    if (conns[i].fd >= 0) continue;
+    conns[i].fd = fd;
+    conns[i].id = next_conn++;
+    send_frame(F_OPEN, conns[i].id, NULL, 0);
+    return;
+  }
+  close(fd); // too many connections at once
+}
+
+static void cdp_from_host(const char *chunk, size_t got) {
+  if (cdp_len + got > cdp_cap) {
+    while (cdp_len + got > cdp_cap) cdp_cap = cdp_cap ? cdp_cap * 2 : 65536;
+    cdp_in = realloc(cdp_in, cdp_cap);
+  }
+  memcpy(cdp_in + cdp_len, chunk, got);
+  cdp_len += got;
+  size_t off = 0;
+  while (cdp_len - off >= FRAME_HDR) {
+    uint32_t id, len;
+    memcpy(&id, cdp_in + off + 1, 4);
+    memcpy(&len, cdp_in + off + 5, 4);
+    id = ntohl(id);
+    len = ntohl(len);
+    if (len > MAX_FRAME) { // out of step with the host: drop every connection, start afresh
+      console("browser relay: bad frame from the host");
+      for (int i = 0; i < MAX_CONNS; i++)
+        if (conns[i].fd >= 0) conn_close(i, 1);
+      cdp_len = off = 0;
+      break;
+    }
+    if (cdp_len - off < FRAME_HDR + len) break;
+    int type = cdp_in[off], i = conn_slot(id);
+    if (i >= 0 && type == F_DATA) {
+      if (conn_write(conns[i].fd, cdp_in + off + FRAME_HDR, len) < 0) conn_close(i, 1);
+    } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
+    off += FRAME_HDR + len;
+  }
+  memmove(cdp_in, cdp_in + off, cdp_len - off);
+  cdp_len -= off;
+}
+
+static int open_port(const char *want) {
   glob_t g;
   int fd = -1;
   if (glob("/sys/class/virtio-ports/*/name", 0, NULL, &g) == 0) {
@@ -421,7 +558,7 @@ static int open_port(void) {
       char name[64] = {0};
       FILE *f = fopen(g.gl_pathv[i], "r");
       if (!f) continue;
-      if (fgets(name, sizeof name, f) && !strncmp(name, PORT_NAME, strlen(PORT_NAME))) {
+      if (fgets(name, sizeof name, f) && !strncmp(name, want, strlen(want)) && (name[strlen(want)] == '\n' || !name[strlen(want)])) {
         char dev[128];
         const char *base = g.gl_pathv[i] + strlen("/sys/class/virtio-ports/");
         snprintf(dev, sizeof dev, "/dev/%.*s", (int)(strchr(base, '/') - base), base);
@@ -443,7 +580,7 @@ int main(void) {
   sigaddset(&chld, SIGCHLD);
   sigprocmask(SIG_BLOCK, &chld, NULL);
   int sig_fd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
-  for (int i = 0; i < 100 && (port_fd = open_port()) < 0; i++) usleep(20000);
+  for (int i = 0; i < 100 && (port_fd = open_port(PORT_NAME)) < 0; i++) usleep(20000);
   if (port_fd < 0) {
     console("no virtio-serial port named %s", PORT_NAME);
     reboot(RB_POWER_OFF);
@@ -457,14 +594,34 @@ int main(void) {
     cJSON_AddNumberToObject(o, "boot_ms", (double)bt.tv_sec * 1e3 + (double)bt.tv_nsec / 1e6);
     send_json(o);
   }
+  cdp_setup(open_port(CDP_PORT_NAME));
   size_t cap = 65536, len = 0;
   char *buf = malloc(cap);
   char chunk[65536];
   for (;;) {
-    struct pollfd pf[5] = {{.fd = port_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
+    // 0 port, 1 signals, 2-4 the child's pipes, 5 browser port, 6 its listener, 7.. its connections
+    struct pollfd pf[7 + MAX_CONNS] = {{.fd = port_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
     int n = 2;
     for (int i = 0; i < 3; i++) pf[n++] = (struct pollfd){.fd = child_fd[i], .events = POLLIN};
+    pf[n++] = (struct pollfd){.fd = cdp_port, .events = POLLIN};
+    pf[n++] = (struct pollfd){.fd = cdp_listen, .events = POLLIN};
+    for (int i = 0; i < MAX_CONNS; i++) pf[n++] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
     int r = poll(pf, (nfds_t)n, exit_pending ? 10 : -1);
+    if (r > 0 && cdp_port >= 0) {
+      if (pf[5].revents & POLLIN) {
+        ssize_t got = read(cdp_port, chunk, sizeof chunk);
+        if (got > 0) cdp_from_host(chunk, (size_t)got);
+        else usleep(20000); // host side not connected
+      } else if (pf[5].revents & POLLHUP) usleep(20000);
+      if (pf[6].revents & POLLIN) cdp_accept();
+      for (int i = 0; i < MAX_CONNS; i++) {
+        // a slot that changed during this round (closed, or reused by cdp_accept) is left for the next poll
+        if (conns[i].fd < 0 || pf[7 + i].fd != conns[i].fd || !(pf[7 + i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t got = read(conns[i].fd, chunk, sizeof chunk);
+        if (got > 0) send_frame(F_DATA, conns[i].id, chunk, (uint32_t)got);
+        else if (got == 0 || (errno != EAGAIN && errno != EINTR)) conn_close(i, 1);
+      }
+    }
     if (pf[1].revents & POLLIN) {
       struct signalfd_siginfo si;
       while (read(sig_fd, &si, sizeof si) == sizeof si) {
