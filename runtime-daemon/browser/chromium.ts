@@ -25,7 +25,7 @@ export const CHROMIUM_FLAGS = [
   '--disable-sync',
   '--disable-extensions',
   '--mute-audio',
-  '--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,InterestFeedContentSuggestions,CalculateNativeWinOcclusion,WebUIOmniboxPopup',
+  '--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication,InterestFeedContentSuggestions,CalculateNativeWinOcclusion,WebUIOmniboxPopup,WebUIOmniboxAimPopup',
 ];
 
 export class Chromium extends EventEmitter {
