@@ -2,6 +2,7 @@
  * trenvd: composes the state dir, records, sandbox driver + pool, invoker and server, and serves
  * the `trenv/...` protocol. One daemon per state dir. Needs root (namespaces, cgroups, mounts).
  */
+import { KsmControl } from '../template/ksm';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ResponseError } from 'vscode-jsonrpc/node';
@@ -135,6 +136,14 @@ export class Daemon {
         nodeShim: path.join(root, 'runtime-daemon/runtimes/node/trenv-shim.js'),
       });
       this.templates.log = this.log;
+      if (process.env.TRENV_KSM === '1') {
+        try {
+          this.templates.ksm = KsmControl.enable(path.join(this.nativeDir, 'trenv-enter'), Number(process.env.TRENV_KSM_PAGES_TO_SCAN) || undefined);
+          this.log('KSM on (TRENV_KSM=1): CRIU-restored instances are mergeable; ksmd runs until this daemon stops');
+        } catch (e) {
+          this.log(`KSM requested (TRENV_KSM=1) but not available: ${(e as Error).message}; restored instances keep private copies`);
+        }
+      }
       this.setUpVms();
       if (BrowserBroker.reapLeftover(this.paths.root)) this.log('killed the shared browser a previous daemon left');
       this.browser = new BrowserBroker(this.paths.root, this.log);
@@ -487,6 +496,7 @@ export class Daemon {
       await this.vmPool?.closeAll();
       await this.browser?.stop();
       await this.templates?.stopAll();
+      this.templates?.ksm?.disable();
       await this.server?.close();
       this.store?.flush();
       await this.driver?.stop();

@@ -679,7 +679,7 @@ export class Invoker extends EventEmitter {
             const t0 = process.hrtime.bigint();
             let inst: CriuInstance;
             try {
-              inst = await restoreInto(tpl.imagesDir, { initPid: sb!.initPid, cgroupProcs: sb!.cgroup.procsFiles }, { timeoutMs: Math.min(30_000, Math.max(5_000, timeoutMs)) });
+              inst = await restoreInto(tpl.imagesDir, { initPid: sb!.initPid, cgroupProcs: sb!.cgroup.procsFiles }, { timeoutMs: Math.min(30_000, Math.max(5_000, timeoutMs)), prefix: this.templates?.ksm?.prefix });
             } catch (e) {
               criuPending = false;
               const msg = (e as Error).message;
@@ -706,6 +706,7 @@ export class Invoker extends EventEmitter {
               how: 'CRIU restore into this sandbox (its namespaces, root and cgroups)',
               pid: inst.hostPid,
               restoreMs: Number(inst.restoreMs.toFixed(2)),
+              memory: this.templates?.ksm ? 'private copy, marked mergeable for KSM (TRENV_KSM=1)' : 'private copy',
             });
             for (const st of inst.steps) span(`template.restore.${st.name}`, st.startNs, st.endNs);
             tStarted = tRestored;

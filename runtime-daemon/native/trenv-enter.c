@@ -21,6 +21,11 @@
  *       endpoint of the shared browser), so the sandbox reaches one host service without any
  *       network. The listening socket is made after joining the namespace, the outgoing ones
  *       after returning to the host's. Prints "ready" and serves until its stdin is closed.
+ *
+ *   trenv-enter ksm -- <argv...>
+ *       Marks this process's memory as mergeable by KSM (prctl PR_SET_MEMORY_MERGE, Linux 6.4+:
+ *       inherited by children and kept across execve since 6.7) and execs argv. trenvd puts it in
+ *       front of a CRIU restore, so every page the restored process gets is a candidate for ksmd.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -269,6 +274,21 @@ static int cmd_expose(int argc, char **argv)
 	return serve(ls, 0, argv[4]);
 }
 
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#endif
+
+static int cmd_ksm(int argc, char **argv)
+{
+	if (argc < 4 || strcmp(argv[2], "--"))
+		return fprintf(stderr, "usage: trenv-enter ksm -- <argv...>\n"), 2;
+	if (prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) < 0)
+		die("prctl(PR_SET_MEMORY_MERGE) (KSM needs Linux 6.4+)");
+	execvp(argv[3], argv + 3);
+	die("exec");
+	return 127;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "shell"))
@@ -277,6 +297,8 @@ int main(int argc, char **argv)
 		return cmd_relay(argc, argv);
 	if (argc >= 2 && !strcmp(argv[1], "expose"))
 		return cmd_expose(argc, argv);
-	fprintf(stderr, "usage: trenv-enter shell|relay|expose ...\n");
+	if (argc >= 2 && !strcmp(argv[1], "ksm"))
+		return cmd_ksm(argc, argv);
+	fprintf(stderr, "usage: trenv-enter shell|relay|expose|ksm ...\n");
 	return 2;
 }

@@ -231,6 +231,8 @@ interface InSandboxOptions {
   logFile: string;
   timeoutMs: number;
   what: string;
+  /** a command that execs the rest (e.g. `trenv-enter ksm --`), run before entering the sandbox */
+  prefix?: string[];
 }
 
 /**
@@ -252,6 +254,7 @@ async function criuInSandbox(o: InSandboxOptions): Promise<void> {
     'criu-in-sandbox',
     ...(o.target.cgroupProcs ?? []),
     '--',
+    ...(o.prefix ?? []),
     'nsenter', '-t', String(I), '-m', '-n', '-u', '-i', '-p', `--root=${rootIn}`, `--wd=${rootIn}`, '--',
     ...priv,
     ...criu,
@@ -654,6 +657,8 @@ export interface RestoreOptions {
   tmpDir?: string;
   /** keep CRIU's restore log even on success (default: deleted) */
   keepLog?: boolean;
+  /** argv prefix for the restore (KsmControl.prefix: the instance's memory becomes mergeable) */
+  prefix?: string[];
 }
 
 let restoreSeq = 0;
@@ -698,6 +703,7 @@ export async function restoreInto(imagesDir: string, target: CriuTarget, o: Rest
       logFile: log,
       timeoutMs: o.timeoutMs ?? 30_000,
       what: `criu restore of ${imagesDir} into sandbox ${target.initPid}`,
+      prefix: o.prefix,
     });
   } catch (e) {
     for (const fd of fds) fs.closeSync(fd);

@@ -12,6 +12,7 @@
  * invoke restores the images into the sandbox the pool gives it (criu.ts restoreInto). A CRIU
  * template is "live" while its images exist: there is no process to keep running or restart.
  */
+import { KsmControl } from './ksm';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -140,6 +141,8 @@ export class TemplateManager {
   private readonly failures = new Map<string, { builtAt: number; streak: number; message: string }>();
   private criu: { ok: boolean; version?: string; reason?: string } | undefined;
   log: (m: string) => void = () => undefined;
+  /** KSM for CRIU-restored instances (TRENV_KSM=1), set by the daemon when this kernel allows it */
+  ksm?: KsmControl;
 
   constructor(
     private readonly dir: string,

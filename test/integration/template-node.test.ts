@@ -269,6 +269,51 @@ test('out of disk: a template build that cannot fit fails with a clear error, le
   assert.equal(r.template, 'node-disk');
 });
 
+const ksmOpts = { skip: opts.skip || (fs.existsSync('/sys/kernel/mm/ksm/run') ? false : 'this kernel has no KSM') };
+test('TRENV_KSM=1: restored instances are mergeable and ksmd merges their equal pages; the daemon puts ksmd back when it stops', ksmOpts, async () => {
+  const ksm = '/sys/kernel/mm/ksm';
+  const runBefore = fs.readFileSync(`${ksm}/run`, 'utf8').trim();
+  const pagesBefore = fs.readFileSync(`${ksm}/pages_to_scan`, 'utf8').trim();
+  const dir = agentWith('node-ksm', 'ksm.js', `'use strict';\nrequire('node:zlib');\nexports.handler = async (e) => { await new Promise((r) => setTimeout(r, e.ms)); return { ok: true }; };\n`);
+  process.env.TRENV_KSM = '1';
+  process.env.TRENV_KSM_PAGES_TO_SCAN = '2000';
+  const k = await startDaemon();
+  delete process.env.TRENV_KSM;
+  delete process.env.TRENV_KSM_PAGES_TO_SCAN;
+  try {
+    assert.equal(fs.readFileSync(`${ksm}/run`, 'utf8').trim(), '1', 'ksmd runs');
+    await k.client.rpc.sendRequest(Methods.buildTemplate, { agentDir: dir });
+    const runs = [1, 2, 3].map(() => k.invoke({ agentDir: dir, event: { ms: 20_000 } }));
+    // the restored processes (their pid is in the template.restore span)
+    const pids: number[] = [];
+    for (let i = 0; i < 150 && pids.length < 3; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      pids.length = 0;
+      for (const r of await k.client.rpc.sendRequest(Methods.listInvocations, { limit: 3 })) {
+        const det: InvocationDetail = await k.client.rpc.sendRequest(Methods.getInvocation, { id: r.id });
+        const s = det.trace.find((x) => x.name === 'template.restore');
+        if (s?.attrs?.pid) pids.push(Number(s.attrs.pid));
+        if (s) assert.match(String(s.attrs?.memory), /mergeable for KSM/);
+      }
+    }
+    assert.equal(pids.length, 3, 'three restored instances');
+    const stat = (pid: number) => fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8');
+    for (const pid of pids) assert.match(stat(pid), /ksm_merge_any: yes/, `instance ${pid} is mergeable`);
+    await waitFor(() => pids.every((pid) => Number(/ksm_merging_pages (\d+)/.exec(stat(pid))?.[1] ?? 0) > 100), 15_000, 'ksmd merged pages of every instance');
+    for (const l of await k.client.rpc.sendRequest(Methods.listInvocations, { limit: 3 })) await k.client.rpc.sendRequest(Methods.kill, { id: l.id });
+    for (const r of await Promise.all(runs)) assert.equal(r.state, 'killed');
+    // merged pages are copy-on-write: the template still gives the cold result
+    const r = await k.invoke({ agentDir: dir, event: { ms: 1 } });
+    assert.equal(r.state, 'succeeded', JSON.stringify(r.error));
+    assert.equal(r.template, 'node-ksm');
+    await k.client.rpc.sendRequest(Methods.deleteTemplate, { name: 'node-ksm' });
+  } finally {
+    await k.stop();
+  }
+  assert.equal(fs.readFileSync(`${ksm}/run`, 'utf8').trim(), runBefore, 'ksmd is back as it was');
+  assert.equal(fs.readFileSync(`${ksm}/pages_to_scan`, 'utf8').trim(), pagesBefore);
+});
+
 test('templates survive a daemon restart (nothing to restart: the images are the template)', opts, async () => {
   await d.stop();
   d = await startDaemon(d.stateDir);
