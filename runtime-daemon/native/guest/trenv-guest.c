@@ -75,22 +75,29 @@ static void console(const char *fmt, ...) {
 
 // ---- output to the host
 
-static void write_all(int fd, const char *p, size_t n) {
+// Writes all of p to a non-blocking fd, waiting while it is full: for ever when stall_ms < 0 (the
+// host channel), else at most stall_ms per wait (a guest client that stopped reading). -1 on failure.
+static int write_wait(int fd, const void *buf, size_t n, int stall_ms) {
+  const char *p = buf;
   while (n) {
     ssize_t w = write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         struct pollfd pf = {.fd = fd, .events = POLLOUT};
-        poll(&pf, 1, 100);
+        if (poll(&pf, 1, stall_ms < 0 ? 100 : stall_ms) <= 0 && stall_ms >= 0) return -1;
         continue;
       }
-      console("write to the host failed: %s", strerror(errno));
-      return;
+      return -1;
     }
     p += w;
     n -= (size_t)w;
   }
+  return 0;
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+  if (write_wait(fd, p, n, -1) < 0) console("write to the host failed: %s", strerror(errno));
 }
 
 static void send_json(cJSON *o) {
@@ -457,25 +464,6 @@ static void conn_close(int i, int tell_host) {
   conns[i].fd = -1;
 }
 
-// Blocking write to a guest socket (the agent reads while it writes: CDP clients are asynchronous).
-static int conn_write(int fd, const unsigned char *p, size_t n) {
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        struct pollfd pf = {.fd = fd, .events = POLLOUT};
-        if (poll(&pf, 1, 5000) <= 0) return -1; // a client that stopped reading is dropped
-        continue;
-      }
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 static void loopback_up(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   struct ifreq ifr;
@@ -542,7 +530,7 @@ static void cdp_from_host(const char *chunk, size_t got) {
     if (cdp_len - off < FRAME_HDR + len) break;
     int type = cdp_in[off], i = conn_slot(id);
     if (i >= 0 && type == F_DATA) {
-      if (conn_write(conns[i].fd, cdp_in + off + FRAME_HDR, len) < 0) conn_close(i, 1);
+      if (write_wait(conns[i].fd, cdp_in + off + FRAME_HDR, len, 5000) < 0) conn_close(i, 1); // the agent reads while it writes (CDP clients are asynchronous)
     } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
     off += FRAME_HDR + len;
   }
