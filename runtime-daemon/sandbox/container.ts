@@ -17,8 +17,13 @@ export interface SandboxSpec {
   network: 'none' | 'egress';
 }
 
+/**
+ * What a repurposed sandbox must already have: its namespaces and mounts (network mode, the size
+ * of its writable layer). Memory and pids limits are not part of it: they are cgroup values, set
+ * again when a sandbox is handed to an agent with other limits (ContainerDriver.resize).
+ */
 export function poolKey(s: SandboxSpec): string {
-  return `${s.runtime}|mem=${s.memoryMb}|pids=${s.pids}|tmp=${s.tmpfsMb}|net=${s.network}`;
+  return `${s.runtime}|tmp=${s.tmpfsMb}|net=${s.network}`;
 }
 
 export type SandboxState = 'creating' | 'idle' | 'busy' | 'cleaning' | 'destroyed';
@@ -39,7 +44,7 @@ export class ContainerSandbox {
   /** counters that cannot be reset in the cgroup: read at each run's start */
   baseline = { oomKills: 0, pidsMaxEvents: 0 };
 
-  constructor(readonly id: string, readonly spec: SandboxSpec, readonly cgroup: SandboxCgroup) {}
+  constructor(readonly id: string, public spec: SandboxSpec, readonly cgroup: SandboxCgroup) {}
 
   get key(): string {
     return poolKey(this.spec);
@@ -119,6 +124,17 @@ export class ContainerDriver {
       }
       throw e;
     }
+  }
+
+  /**
+   * Gives a repurposed sandbox another agent's memory and pids limits (its cgroup values; the
+   * pool key guarantees the rest matches). Throws when the kernel refuses, e.g. a lower memory
+   * limit than what the cgroup still holds and cannot reclaim: the pool then starts a fresh one.
+   */
+  resize(sb: ContainerSandbox, spec: SandboxSpec): void {
+    if (sb.spec.memoryMb === spec.memoryMb && sb.spec.pids === spec.pids) return;
+    sb.cgroup.setLimits({ memoryBytes: spec.memoryMb * 1024 * 1024, pids: spec.pids });
+    sb.spec = { ...sb.spec, memoryMb: spec.memoryMb, pids: spec.pids };
   }
 
   /** The hot path of a repurposed start: mount the next function's code at /app. */

@@ -1,7 +1,8 @@
 /**
  * The pool of cleaned sandboxes (TrEnv's repurposing). A finished sandbox is cleaned off the
- * critical path and kept idle under its key (runtime + limits + network); the next function with
- * the same key takes it and only swaps its app dir. Bounded in size, idle ones evicted after a TTL,
+ * critical path and kept idle under its key (runtime, network, writable layer size); the next
+ * function with the same key takes it, gets its own memory/pids limits written to the cgroup if
+ * they differ, and only swaps its app dir. Bounded in size, idle ones evicted after a TTL,
  * optionally pre-warmed.
  */
 import { EventEmitter } from 'node:events';
@@ -70,6 +71,7 @@ export class SandboxPool extends EventEmitter {
     if (sb) {
       sb.state = 'busy';
       try {
+        this.driver.resize(sb, spec);
         const spans = await this.driver.swapApp(sb, appDir);
         sb.uses++;
         sb.lastUsed = Date.now();

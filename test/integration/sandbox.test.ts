@@ -121,3 +121,26 @@ test('a repurposed sandbox leaks nothing of the previous function', async () => 
   const firstSample = detail.memory[0] ?? detail.trace.find((s) => s.name === 'process.start')?.state?.memory;
   assert.ok(firstSample && (firstSample.cgroupBytes ?? 0) < 8 * 1024 * 1024, `cgroup usage carried over: ${firstSample?.cgroupBytes}`);
 });
+
+test("a sandbox repurposed for an agent with other limits enforces the new agent's limits", async () => {
+  const big = copyAgent(PROBE, (m) => {
+    m.name = 'roomy';
+    m.limits = { ...(m.limits as object), memoryMb: 256, pids: 64 };
+  });
+  const small = copyAgent(PROBE, (m) => {
+    m.name = 'tight';
+    m.limits = { ...(m.limits as object), memoryMb: 64, pids: 16 };
+  });
+  const first = await d.invoke({ agentDir: big, event: { action: 'alloc', mb: 150 } });
+  assert.equal(first.state, 'succeeded', `150 MiB fit in 256: ${JSON.stringify(first.error)}`);
+  await new Promise((r) => setTimeout(r, 300));
+  const second = await d.invoke({ agentDir: small, event: { action: 'alloc', mb: 150 } });
+  assert.equal(second.start, 'repurposed');
+  assert.equal(second.sandboxId, first.sandboxId, 'same sandbox, other limits');
+  assert.equal(second.state, 'oom', JSON.stringify(second));
+  assert.match(second.error!.message, /memory limit of 64 MiB/);
+  await new Promise((r) => setTimeout(r, 300));
+  const third = await d.invoke({ agentDir: big, event: { action: 'alloc', mb: 150 } });
+  assert.equal(third.state, 'succeeded', `raised again: ${JSON.stringify(third.error)}`);
+  assert.equal(third.sandboxId, first.sandboxId);
+});

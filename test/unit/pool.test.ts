@@ -17,6 +17,10 @@ function fakeDriver(cleanMs = 5) {
       sb.state = 'idle';
       return { sandbox: sb, spans: [] };
     }),
+    resize: sinon.fake((sb: ContainerSandbox, s: SandboxSpec) => {
+      if (s.memoryMb === 999) throw new Error('EBUSY');
+      sb.spec = { ...sb.spec, memoryMb: s.memoryMb, pids: s.pids };
+    }),
     swapApp: sinon.fake(async (sb: ContainerSandbox, app: string) => {
       sb.appDir = app;
       return [];
@@ -39,13 +43,30 @@ test('a released sandbox is cleaned and repurposed for the same key only', async
   assert.equal(a.how, 'fresh');
   await pool.release(a.sandbox, true);
   assert.equal(a.sandbox.state, 'idle');
-  const other = await pool.acquire({ ...spec, memoryMb: 256 }, '/agents/x');
-  assert.equal(other.how, 'fresh', 'different limits never share a sandbox');
+  const other = await pool.acquire({ ...spec, network: 'egress' }, '/agents/x');
+  assert.equal(other.how, 'fresh', 'another network mode never shares a sandbox');
   const b = await pool.acquire(spec, '/agents/b');
   assert.equal(b.how, 'repurposed');
   assert.equal(b.sandbox, a.sandbox);
   assert.equal(b.sandbox.appDir, '/agents/b');
   assert.equal(drv.clean.callCount, 1);
+  await pool.close();
+});
+
+test('other memory/pids limits reuse a sandbox with its cgroup resized; a refused resize starts a fresh one', async () => {
+  const drv = fakeDriver();
+  const pool = new SandboxPool(drv as unknown as ContainerDriver, '/empty');
+  const a = await pool.acquire(spec, '/agents/a');
+  await pool.release(a.sandbox, true);
+  const big = await pool.acquire({ ...spec, memoryMb: 256, pids: 64 }, '/agents/big');
+  assert.equal(big.how, 'repurposed');
+  assert.equal(big.sandbox, a.sandbox);
+  assert.equal(big.sandbox.spec.memoryMb, 256);
+  assert.equal(big.sandbox.spec.pids, 64);
+  await pool.release(big.sandbox, true);
+  const refused = await pool.acquire({ ...spec, memoryMb: 999 }, '/agents/r');
+  assert.equal(refused.how, 'fresh');
+  assert.equal(a.sandbox.state, 'destroyed', 'the sandbox that could not be resized is dropped');
   await pool.close();
 });
 
