@@ -31,6 +31,7 @@
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/pid.h>
+#include <linux/completion.h>
 #include "mm_template.h"
 
 struct mmt_template {
@@ -340,6 +341,7 @@ struct mmt_remote_map {
 	struct mm_struct *mm;
 	unsigned long addr, len, prot, off;
 	unsigned long result;
+	struct completion done;
 };
 
 static int mmt_remote_map_fn(void *arg)
@@ -349,6 +351,7 @@ static int mmt_remote_map_fn(void *arg)
 	kthread_use_mm(m->mm);
 	m->result = vm_mmap(m->file, m->addr, m->len, m->prot, MAP_PRIVATE | MAP_FIXED, m->off);
 	kthread_unuse_mm(m->mm);
+	complete(&m->done);
 	return 0;
 }
 
@@ -394,6 +397,7 @@ static long mmt_map_pid(struct file *file, struct mmt_fd *f, void __user *arg)
 	m.len = mp.len;
 	m.prot = mp.prot;
 	m.off = mp.offset;
+	init_completion(&m.done);
 	kt = kthread_create(mmt_remote_map_fn, &m, "mmt_map");
 	if (IS_ERR(kt)) {
 		ret = PTR_ERR(kt);
@@ -401,7 +405,9 @@ static long mmt_map_pid(struct file *file, struct mmt_fd *f, void __user *arg)
 	}
 	get_task_struct(kt);
 	wake_up_process(kt);
-	kthread_stop(kt);	/* waits until the thread has exited */
+	/* kthread_stop() before the thread ran would skip the function: wait for it first */
+	wait_for_completion(&m.done);
+	kthread_stop(kt);	/* and until it has exited (it runs module code until then) */
 	put_task_struct(kt);
 	ret = IS_ERR_VALUE(m.result) ? (long)m.result : 0;
 put_mm:
