@@ -222,6 +222,7 @@ static long mmt_create(void __user *arg)
 	t->npages = npages;
 	atomic_long_set(&t->mappers, 0);
 	atomic_long_inc(&mmt_live_templates);
+	atomic_long_inc(&mmt_created);	/* counts failed creates too: they are "freed" as well */
 	atomic_long_add(npages, &mmt_live_pages);	/* mmt_release subtracts npages */
 
 	for (i = 0; i < npages; i++) {
@@ -252,7 +253,6 @@ static long mmt_create(void __user *arg)
 		ret = id;
 		goto fail;
 	}
-	atomic_long_inc(&mmt_created);
 	c.id = id;
 	if (copy_to_user(arg, &c, sizeof(c))) {
 		/* nobody knows the id: take it back */

@@ -347,8 +347,8 @@ static void t_leak(int fd0)
 	long free1 = meminfo("MemFree"), slab1 = meminfo("Slab");
 	printf("METRIC leak.memfree_before_kb %ld\nMETRIC leak.memfree_delta_kb %ld\nMETRIC leak.slab_delta_kb %ld\n", free0, free1 - free0, slab1 - slab0);
 	long live1 = debugfs_stat("pages_live");
-	/* 300 x 1 MiB went through; allow 1 MiB of noise */
-	if (free0 - free1 > 1024 || slab1 - slab0 > 1024 || live1 != live0) FAIL("leak_loop", "MemFree %ld->%ld kB, Slab %ld->%ld kB, pages_live %ld->%ld", free0, free1, slab0, slab1, live0, live1);
+	/* 300 x 1 MiB went through; allow 2 MiB of MemFree noise (per-cpu page lists); pages_live is exact */
+	if (free0 - free1 > 2048 || slab1 - slab0 > 1024 || live1 != live0) FAIL("leak_loop", "MemFree %ld->%ld kB, Slab %ld->%ld kB, pages_live %ld->%ld", free0, free1, slab0, slab1, live0, live1);
 	else PASS("leak_loop");
 }
 

@@ -23,14 +23,17 @@ mkdir -p "$OUT"
 log() { printf 'kmod-guest: %s\n' "$*" >&2; }
 
 # ---- the guest kernel: the one scripts/setup-vm.sh unpacked, or our own private copy of the same package
-VMLINUZ=/opt/trenv/vm/kernels/$KVER/root/boot/vmlinuz-$KVER
+KROOT=/opt/trenv/vm/kernels/$KVER/root
+VMLINUZ=$KROOT/boot/vmlinuz-$KVER
 if [ ! -f "$VMLINUZ" ]; then
+  KROOT=$BUILD/kernel
   VMLINUZ=$BUILD/kernel/boot/vmlinuz-$KVER
   if [ ! -f "$VMLINUZ" ]; then
     log "downloading linux-image-$KVER (unpacked privately, not installed)"
     rm -rf "$BUILD/kernel" "$BUILD/deb" && mkdir -p "$BUILD/deb"
     (cd "$BUILD/deb" && apt-get download -qq "linux-image-$KVER" >/dev/null)
     dpkg-deb -x "$BUILD"/deb/*.deb "$BUILD/kernel" && rm -rf "$BUILD/deb"
+    depmod -b "$BUILD/kernel" "$KVER"
   fi
 fi
 
@@ -58,10 +61,19 @@ if [ $NODE = 1 ]; then
   ldd /usr/bin/node | awk '/=> \//{print $3}' | while read -r lib; do cp "$(readlink -f "$lib")" "$IR/usr/lib/x86_64-linux-gnu/$(basename "$lib")"; done
   cp "$(readlink -f /lib64/ld-linux-x86-64.so.2)" "$IR/lib64/ld-linux-x86-64.so.2"
   cp -r "$REPO/runtime-daemon/runtimes/node" "$IR/opt/trenv/runtimes-node"
-  cp -r "$HERE/node-agent" "$IR/app/agent"
-  cp "$HERE/node-instance.mjs" "$IR/t/"
+  cp -r "$REPO/examples/node-json-transform" "$IR/app/agent"
+  cp "$HERE/node-instance.js" "$HERE/kmod-guest.mjs" "$HERE/node-tests.sh" "$IR/t/"
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$IR/etc/passwd"
   [ -x /opt/trenv/criu/criu ] && cp -a /opt/trenv/criu "$IR/opt/trenv/criu"
+  # what CRIU probes or needs: socket diag, nftables (kerndat), tun/veth probes
+  mkdir -p "$IR/t/mods"; : > "$IR/t/mods.order"
+  for m in unix_diag netlink_diag inet_diag tcp_diag udp_diag packet_diag nf_tables nft_ct tun veth; do
+    modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true
+  done | awk '!seen[$0]++' | while read -r ko; do
+    base=$(basename "$ko")
+    case "$ko" in *.xz) xz -dc "$ko" > "$IR/t/mods/${base%.xz}"; base=${base%.xz} ;; *) cp "$ko" "$IR/t/mods/$base" ;; esac
+    echo "$base" >> "$IR/t/mods.order"
+  done
 fi
 (cd "$IR" && find . | cpio -o -H newc --quiet -R 0:0) > "$BUILD/initramfs.cpio"
 
@@ -77,7 +89,7 @@ qrc=$?
 set -e
 tr -d '\r' < "$OUT/console.log" > "$OUT/console.txt"
 log "guest ran $(( $(date +%s) - start )) s (qemu exit $qrc); console: $OUT/console.txt"
-grep -E '^(PASS|FAIL|METRIC|SKIP|DONE|GUEST) ' "$OUT/console.txt" || true
+grep -E '^(PASS|FAIL|METRIC|SKIP|DONE|GUEST|INFO|BENCH) ' "$OUT/console.txt" || true
 rc=0
 grep -q '^GUEST done' "$OUT/console.txt" || { echo "FAIL guest_finished: the guest did not reach the end (qemu exit $qrc)"; rc=1; }
 grep -q '^FAIL ' "$OUT/console.txt" && rc=1
