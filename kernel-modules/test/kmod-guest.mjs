@@ -1,6 +1,6 @@
 // Node agent instances through /dev/mm_template, inside the test guest (run by node-tests.sh).
 //   node kmod-guest.mjs test    same results as a cold start, different random values, template shared
-//   node kmod-guest.mjs bench   N = 8, 16 instances: module vs CRIU private restore vs cold start
+//   node kmod-guest.mjs bench   N = 8, 16 instances: module (prefaulted / fault per page) vs CRIU private restore vs cold start
 // Prints PASS/FAIL/METRIC lines for run-guest-tests.sh.
 //
 // Flow (see the README): the agent is started once (node-instance.js, MMT_TEMPLATE=1), initialises
@@ -74,7 +74,7 @@ async function startInstance(mode, name) {
   if (mode === 'cold') {
     spawn('/usr/bin/node', [INSTANCE], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
   } else {
-    const remap = mode === 'module' ? `/t/mmt_node remap /tmp/tmpl.map $P >/dev/null || { echo "remap failed"; exit 1; }` : '';
+    const remap = mode.startsWith('module') ? `/t/mmt_node remap /tmp/tmpl.map $P ${mode === 'module_fault' ? 'fault' : ''} >/dev/null || { echo "remap failed"; exit 1; }` : '';
     const script = `hostname ${name}
 ${CRIU} restore -D /tmp/img -d -o /tmp/log/${name}.log --pidfile /tmp/log/${name}.pid >/dev/null 2>&1 || { echo "criu restore failed:"; tail -15 /tmp/img/${name}.log; exit 1; }
 P=$(cat /tmp/log/${name}.pid)
@@ -107,7 +107,7 @@ async function batch(mode, n) {
   for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`));
   await sleep(200);
   const pids = instancePids();
-  const usedKb = free0 - memFreeKb() + (mode === 'module' ? tmpl.bytes >> 10 : 0);
+  const usedKb = free0 - memFreeKb() + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0); // the template: created before the batch
   const pss = pssKb(pids);
   await endBatch();
   const starts = out.map((o) => o.startMs).sort((a, b) => a - b);
@@ -139,7 +139,7 @@ async function test() {
 async function bench() {
   await buildTemplate();
   for (const n of [8, 16]) {
-    for (const mode of ['cold', 'criu', 'module']) {
+    for (const mode of ['cold', 'criu', 'module', 'module_fault']) {
       const r = await batch(mode, n);
       say(`BENCH ${JSON.stringify({ mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
     }
