@@ -3,6 +3,8 @@
 export PATH=/bin:/usr/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t debugfs debugfs /sys/kernel/debug; mount -t tmpfs tmpfs /tmp
+# cgroup v2 with the memory controller: template pages are charged to their creator's cgroup
+mount -t cgroup2 none /sys/fs/cgroup && echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 . /t/config
 echo "GUEST up $(uname -r) $(nproc) cpus $(awk '/MemTotal/{print $2}' /proc/meminfo) kB"
 if insmod /t/mm_template.ko; then echo "PASS insmod"; else echo "FAIL insmod"; fi

@@ -384,6 +384,77 @@ static void t_timing(int fd)
 	PASS("timing");
 }
 
+/* DELETE, SELECT, mmap, read, munmap and QUERY racing from several processes */
+static void t_race(int fd)
+{
+	long live0 = debugfs_stat("pages_live");
+	int p2[2]; pipe2(p2, O_NONBLOCK);	/* readers must never block: the writer stops first */
+	uint32_t id = make_template(fd, 16 * PG, 4);
+	for (int k = 0; k < 3; k++) {
+		if (fork() == 0) {
+			int f = dev();
+			uint32_t cur = id;
+			double end = now_ms() + 1500;
+			while (now_ms() < end) {
+				if (k == 0) {	/* replace the template under the others' feet */
+					uint32_t nid = make_template(f, 16 * PG, 4);
+					ioctl(f, MMT_IOC_DELETE, &cur);
+					cur = nid;
+					write(p2[1], &cur, sizeof cur);
+				} else {
+					struct mmt_select s = { .id = cur, .flags = (k == 2) ? MMT_MAP_PREFAULT : 0 };
+					uint32_t next;
+					if (read(p2[0], &next, sizeof next) == sizeof next) cur = next;
+					s.id = cur;
+					if (ioctl(f, MMT_IOC_SELECT, &s)) continue;
+					unsigned char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, f, 0);
+					if (m == MAP_FAILED) continue;
+					if (check_pattern(m, 16 * PG, 4)) _exit(3);
+					m[PG] = 1;
+					struct mmt_query q = { .id = cur }; ioctl(f, MMT_IOC_QUERY, &q);
+					munmap(m, 16 * PG);
+				}
+			}
+			if (k == 0) ioctl(f, MMT_IOC_DELETE, &cur);
+			close(f);
+			_exit(0);
+		}
+	}
+	int bad = 0, st;
+	while (wait(&st) > 0) if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+	long live1 = debugfs_stat("pages_live");
+	if (bad || live1 != live0) FAIL("race_delete_map", "bad children %d pages_live %ld -> %ld", bad, live0, live1);
+	else PASS("race_delete_map");
+}
+
+/* template pages are charged to the creator's memory cgroup (cgroup v2) and uncharged when freed */
+static void t_memcg(void)
+{
+	const char *cg = "/sys/fs/cgroup/mmt";
+	char path[128];
+	if (mkdir(cg, 0755) && errno != EEXIST) { FAIL("memcg_charged", "mkdir %s: %s", cg, strerror(errno)); return; }
+	int pp[2]; pipe(pp);
+	pid_t pid = fork();
+	if (pid == 0) {
+		snprintf(path, sizeof path, "%s/cgroup.procs", cg);
+		FILE *f = fopen(path, "w"); if (!f) _exit(2); fprintf(f, "%d\n", getpid()); fclose(f);
+		snprintf(path, sizeof path, "%s/memory.current", cg);
+		long c[3];
+		int fd = dev();
+		for (int i = 0; i < 3; i++) {
+			if (i == 1) { uint32_t id = make_template(fd, 8 << 20, 1); write(pp[1], &id, sizeof id); }
+			if (i == 2) { uint32_t id; read(pp[0], &id, sizeof id); ioctl(fd, MMT_IOC_DELETE, &id); }
+			f = fopen(path, "r"); fscanf(f, "%ld", &c[i]); fclose(f);
+		}
+		printf("METRIC memcg.charged_kb %ld\nMETRIC memcg.after_delete_kb %ld\n", (c[1] - c[0]) >> 10, (c[2] - c[0]) >> 10);
+		/* 8 MiB (memcg charges are batched per cpu: +-512 KiB), and back within 1 MiB */
+		_exit(c[1] - c[0] >= (8 << 20) - (512 << 10) && c[1] - c[0] < (10 << 20) && c[2] - c[0] < (1 << 20) ? 0 : 1);
+	}
+	int st; waitpid(pid, &st, 0);
+	rmdir(cg);
+	if (!WIFEXITED(st) || WEXITSTATUS(st)) FAIL("memcg_charged", "status %#x", st); else PASS("memcg_charged");
+}
+
 static int hold(const char *file)
 {
 	int fd = dev();
@@ -411,6 +482,8 @@ int main(int argc, char **argv)
 	t_map_pid(fd, 0, "map_pid_fault");
 	t_map_pid(fd, MMT_MAP_PREFAULT, "map_pid_prefault");
 	t_fuzz(fd);
+	t_race(fd);
+	t_memcg();
 	t_leak(fd);
 	t_timing(fd);
 	close(fd);

@@ -82,7 +82,7 @@ MEM=1024
 log "booting $KVER under TCG (initramfs $(( $(stat -c %s "$BUILD/initramfs.cpio") / 1048576 )) MiB)"
 start=$(date +%s)
 set +e
-timeout ${TRENV_KMOD_TIMEOUT:-240} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
+timeout ${TRENV_KMOD_TIMEOUT:-$([ $BENCH = 1 ] && echo 480 || echo 150)} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
   -kernel "$VMLINUZ" -initrd "$BUILD/initramfs.cpio" \
   -append 'console=ttyS0 quiet panic=-1 oops=panic' < /dev/null > "$OUT/console.log" 2>&1
 qrc=$?
