@@ -67,12 +67,13 @@ async function buildTemplate() {
 }
 
 /** start one instance; resolves to { startMs, res } once its handler has run */
-async function startInstance(mode, name) {
+async function startInstance(mode, name, cg) {
+  const join = `echo $$ > ${cg}/cgroup.procs || exit 1`;
   const seed = crypto.randomBytes(32).toString('hex');
   fs.writeFileSync(`/tmp/req/${name}.json`, JSON.stringify({ seed, event }));
   const t0 = Date.now();
   if (mode === 'cold') {
-    spawn('/usr/bin/node', [INSTANCE], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
+    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
   } else {
     const remap = mode.startsWith('module') ? `/t/mmt_node remap /tmp/tmpl.map $P ${mode === 'module_fault' ? 'fault' : ''} >/tmp/log/${name}.remap || { echo "remap failed"; exit 1; }` : '';
     const script = `hostname ${name}
@@ -81,7 +82,8 @@ P=$(cat /tmp/log/${name}.pid)
 ${remap}
 kill -CONT $P
 cat /tmp/batch.fifo >/dev/null`;
-    spawn('/bin/unshare', ['-m', '-p', '-u', '-f', '--mount-proc', '/bin/sh', '-c', script], { env: ENV, stdio: ['ignore', 'inherit', 'inherit'], detached: true }).unref();
+    const wrapped = `${join}; exec /bin/unshare -m -p -u -f --mount-proc /bin/sh -c '${script.replace(/'/g, `'\\''`)}'`;
+    spawn('/bin/sh', ['-c', wrapped], { env: ENV, stdio: ['ignore', 'inherit', 'inherit'], detached: true }).unref();
   }
   const file = `/tmp/res/${name}.json`;
   await waitFor(() => fs.existsSync(file), 120000, `instance ${name} (${mode})`);
@@ -114,16 +116,22 @@ async function settledFreeKb() {
 
 async function batch(mode, n) {
   fs.rmSync('/tmp/batch.fifo', { force: true }); sh('mkfifo /tmp/batch.fifo');
+  // every instance (and for restores: unshare, CRIU, the remap) runs in the batch's cgroup: its
+  // memory.current is what the N instances cost (user pages, page tables, kernel memory)
+  const cg = `/sys/fs/cgroup/kmod-${mode}${n}`;
+  fs.mkdirSync(cg, { recursive: true });
   const free0 = await settledFreeKb();
   const out = [];
-  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`));
+  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg));
   const free1 = await settledFreeKb();
+  const cgKb = Math.round(Number(fs.readFileSync(`${cg}/memory.current`, 'utf8')) / 1024) + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0);
   const pids = instancePids();
   const usedKb = free0 - free1 + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0); // the template: created before the batch
   const pss = pssKb(pids);
   await endBatch();
+  try { fs.rmdirSync(cg); } catch {}
   const starts = out.map((o) => o.startMs).sort((a, b) => a - b);
-  return { out, usedKb, pss, medianStartMs: starts[Math.floor(n / 2)], instances: pids.length };
+  return { out, usedKb, cgKb, pss, medianStartMs: starts[Math.floor(n / 2)], instances: pids.length };
 }
 
 function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
@@ -140,7 +148,7 @@ async function test() {
   const randoms = mod.out.map((o) => `${o.res.random}/${o.res.uuid}`);
   if (new Set(randoms).size === randoms.length) say('PASS node_module_reseeded');
   else say(`FAIL node_module_reseeded: ${randoms.join(' ')}`);
-  say(`METRIC node.module3.used_kb ${mod.usedKb}\nMETRIC node.module3.pss_kb ${mod.pss}`);
+  say(`METRIC node.module3.cgroup_kb ${mod.cgKb}\nMETRIC node.module3.pss_kb ${mod.pss}`);
   const remapMs = mod.out.map((o) => Number(/in ([\d.]+) ms/.exec(fs.readFileSync(`/tmp/log/${o.res.name}.remap`, 'utf8'))?.[1]));
   say(`METRIC node.remap_ms ${remapMs.sort((a, b) => a - b)[1]}`);
   say(`METRIC node.module.start_ms ${mod.medianStartMs.toFixed(1)}\nMETRIC node.criu.start_ms ${criu.medianStartMs.toFixed(1)}\nMETRIC node.cold.start_ms ${cold.medianStartMs.toFixed(1)}`);
@@ -155,7 +163,7 @@ async function bench() {
   for (const n of [8, 16]) {
     for (const mode of ['cold', 'criu', 'module', 'module_fault']) {
       const r = await batch(mode, n);
-      say(`BENCH ${JSON.stringify({ mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
+      say(`BENCH ${JSON.stringify({ mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, cgKb: r.cgKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
     }
   }
   sh('/t/mmt_node delete /tmp/tmpl.map');
