@@ -255,12 +255,22 @@ static long mmt_create(void __user *arg)
 	}
 	c.id = id;
 	if (copy_to_user(arg, &c, sizeof(c))) {
-		/* nobody knows the id: take it back */
+		/*
+		 * The caller cannot learn the id: take it back, unless someone guessed it and deleted it
+		 * meanwhile (then the table's reference is gone already and the id may be another's now).
+		 */
+		bool ours;
+
 		mutex_lock(&mmt_lock);
-		idr_remove(&mmt_idr, id);
+		ours = idr_find(&mmt_idr, id) == t;
+		if (ours) {
+			idr_remove(&mmt_idr, id);
+			WRITE_ONCE(t->deleted, true);
+		}
 		mutex_unlock(&mmt_lock);
-		ret = -EFAULT;
-		goto fail;
+		if (ours)
+			mmt_put(t);
+		return -EFAULT;
 	}
 	return 0;
 fail:

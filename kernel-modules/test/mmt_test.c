@@ -203,6 +203,15 @@ static void t_validation(int fd)
 	c = (struct mmt_create){ .addr = (uintptr_t)buf, .len = 8 * PG }; bad += expect_err("create partly unmapped", ioctl(fd, MMT_IOC_CREATE, &c), EFAULT);
 	c = (struct mmt_create){ .addr = (uintptr_t)buf, .len = PG, .flags = 2 }; bad += expect_err("create flags", ioctl(fd, MMT_IOC_CREATE, &c), EINVAL);
 	bad += expect_err("create bad ptr", ioctl(fd, MMT_IOC_CREATE, (void *)8), EFAULT);
+	{	/* the id cannot be written back: the template is taken back, nothing stays */
+		struct mmt_create *roc = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		*roc = (struct mmt_create){ .addr = (uintptr_t)buf, .len = PG };
+		mprotect(roc, PG, PROT_READ);
+		long l0 = debugfs_stat("pages_live");
+		bad += expect_err("create, result not writable", ioctl(fd, MMT_IOC_CREATE, roc), EFAULT);
+		if (debugfs_stat("pages_live") != l0) { printf("  create with an unwritable result kept its pages\n"); bad++; }
+		munmap(roc, PG);
+	}
 	struct mmt_select s;
 	s = (struct mmt_select){ .id = 0 }; bad += expect_err("select id 0", ioctl(fd, MMT_IOC_SELECT, &s), EINVAL);
 	s = (struct mmt_select){ .id = 999999 }; bad += expect_err("select unknown", ioctl(fd, MMT_IOC_SELECT, &s), ENOENT);
