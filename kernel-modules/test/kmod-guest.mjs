@@ -53,7 +53,7 @@ async function buildTemplate() {
   const t0 = nowNs();
   // no tty among its fds (CRIU would need --shell-job): stdio are files
   const errFd = fs.openSync('/tmp/log/template.err', 'w');
-  const child = spawn('/usr/bin/node', [INSTANCE], { env: { ...ENV, MMT_TEMPLATE: '1' }, stdio: ['ignore', 'ignore', errFd], detached: true });
+  const child = spawn('/usr/bin/node', ['--expose-gc', INSTANCE], { env: { ...ENV, MMT_TEMPLATE: '1' }, stdio: ['ignore', 'ignore', errFd], detached: true });
   await waitFor(() => fs.existsSync('/tmp/tmpl-ready') && state(child.pid) === 'T', 60000, 'the template process to initialise');
   say(`METRIC node.cold_init_ms ${(Number(nowNs() - t0) / 1e6).toFixed(1)}`);
   say('INFO ' + sh(`/t/mmt_node build ${child.pid} /tmp/tmpl.map`).trim());
@@ -67,13 +67,13 @@ async function buildTemplate() {
 }
 
 /** start one instance; resolves to { startMs, res } once its handler has run */
-async function startInstance(mode, name, cg) {
+async function startInstance(mode, name, cg, stress = false) {
   const join = `echo $$ > ${cg}/cgroup.procs || exit 1`;
   const seed = crypto.randomBytes(32).toString('hex');
-  fs.writeFileSync(`/tmp/req/${name}.json`, JSON.stringify({ seed, event }));
+  fs.writeFileSync(`/tmp/req/${name}.json`, JSON.stringify({ seed, event, stress }));
   const t0 = Date.now();
   if (mode === 'cold') {
-    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
+    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node --expose-gc ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
   } else {
     const remap = mode.startsWith('module') ? `/t/mmt_node remap /tmp/tmpl.map $P ${mode === 'module_fault' ? 'fault' : ''} >/tmp/log/${name}.remap || { echo "remap failed"; exit 1; }` : '';
     const script = `hostname ${name}
@@ -114,7 +114,7 @@ async function settledFreeKb() {
   return prev;
 }
 
-async function batch(mode, n) {
+async function batch(mode, n, stress = false) {
   fs.rmSync('/tmp/batch.fifo', { force: true }); sh('mkfifo /tmp/batch.fifo');
   // every instance (and for restores: unshare, CRIU, the remap) runs in the batch's cgroup: its
   // memory.current is what the N instances cost (user pages, page tables, kernel memory)
@@ -122,7 +122,7 @@ async function batch(mode, n) {
   fs.mkdirSync(cg, { recursive: true });
   const free0 = await settledFreeKb();
   const out = [];
-  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg));
+  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg, stress));
   const free1 = await settledFreeKb();
   const cgKb = Math.round(Number(fs.readFileSync(`${cg}/memory.current`, 'utf8')) / 1024) + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0);
   const pids = instancePids();
@@ -140,11 +140,18 @@ async function test() {
   await buildTemplate();
   const cold = await batch('cold', 1);
   const criu = await batch('criu', 1);
-  const mod = await batch('module', 3);
+  const faults = () => Number(/faults (\d+)/.exec(fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8'))[1]);
+  const f0 = faults();
+  const mod = await batch('module', 3, true);
+  // maps are prefaulted: a fault on one means the page's entry was zapped (MADV_DONTNEED by V8 or
+  // glibc) and the page then read again, i.e. the discard path was exercised
+  say(`METRIC node.template_refaults ${faults() - f0}`);
   const ref = cold.out[0].res.value;
   const values = [...criu.out, ...mod.out].map((o) => o.res.value);
   if (values.every((v) => same(v, ref))) say('PASS node_module_same_result_as_cold');
   else say(`FAIL node_module_same_result_as_cold: ${JSON.stringify(values[values.length - 1]).slice(0, 300)} vs ${JSON.stringify(ref).slice(0, 300)}`);
+  if (mod.out.every((o) => same(o.res.value2, ref))) say('PASS node_module_same_result_after_gc');
+  else say(`FAIL node_module_same_result_after_gc: ${JSON.stringify(mod.out.map((o) => o.res.value2)).slice(0, 300)}`);
   const randoms = mod.out.map((o) => `${o.res.random}/${o.res.uuid}`);
   if (new Set(randoms).size === randoms.length) say('PASS node_module_reseeded');
   else say(`FAIL node_module_reseeded: ${randoms.join(' ')}`);

@@ -25,8 +25,8 @@ function missing(): string | undefined {
 
 const EXPECTED = [
   'insmod', 'abi_version', 'validation', 'share4_fault', 'share8_prefault', 'cow_fault', 'cow_prefault',
-  'delete_while_mapped', 'map_pid_fault', 'map_pid_prefault', 'fuzz_ioctl_mmap', 'leak_loop', 'timing',
-  'rmmod_refused_while_mapped', 'node_module_same_result_as_cold', 'node_module_reseeded', 'node_template_freed',
+  'delete_while_mapped', 'map_pid_fault', 'map_pid_prefault', 'fuzz_ioctl_mmap', 'race_delete_map', 'memcg_charged', 'leak_loop', 'timing',
+  'rmmod_refused_while_mapped', 'node_module_same_result_as_cold', 'node_module_same_result_after_gc', 'node_module_reseeded', 'node_template_freed',
   'rmmod_after_unmap', 'dmesg_clean',
 ];
 
