@@ -46,6 +46,21 @@ function pssKb(pids) {
   return sum;
 }
 
+/** where a process's private memory is (diagnostics: MMT_DIAG=1) */
+function privateByMapping(pid) {
+  const by = new Map();
+  let key = '';
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const h = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
+    if (h) { key = `${h[1]} ${h[3] || (h[2] === '0' ? '[anon]' : '?')}`; continue; }
+    const m = /^(Private_Dirty|Private_Clean):\s+(\d+)/.exec(line);
+    if (m) by.set(key, (by.get(key) ?? 0) + Number(m[2]));
+  }
+  const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return [...by].filter(([, v]) => v >= 32).sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `${k}=${v}kB`).join(', ') +
+    ` | ${/VmPTE:\s+\d+ kB/.exec(st)?.[0]} threads ${/Threads:\s+(\d+)/.exec(st)?.[1]}`;
+}
+
 let tmpl; // { id, bytes, runs }
 async function buildTemplate() {
   fs.mkdirSync('/tmp/req', { recursive: true }); fs.mkdirSync('/tmp/res', { recursive: true }); fs.mkdirSync('/tmp/log', { recursive: true });
@@ -128,6 +143,7 @@ async function batch(mode, n, stress = false) {
   const pids = instancePids();
   const usedKb = free0 - free1 + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0); // the template: created before the batch
   const pss = pssKb(pids);
+  if (process.env.MMT_DIAG && pids.length) say(`INFO ${mode} instance ${pids[0]}: ${privateByMapping(pids[0])}`);
   await endBatch();
   try { fs.rmdirSync(cg); } catch {}
   const starts = out.map((o) => o.startMs).sort((a, b) => a - b);
