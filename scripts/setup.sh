@@ -59,6 +59,9 @@ bash scripts/setup-criu.sh || echo "setup: CRIU is unavailable ($?): Node agents
 # ---- microVMs: QEMU, the guest kernel (downloaded, not installed), initramfs and root filesystem image
 bash scripts/setup-vm.sh || echo "setup: microVM images could not be built ($?): invoking with --vm will say why" >&2
 
+# ---- the mm_template kernel module: pinned headers of the guest kernel, QEMU; loaded only in a test guest
+bash scripts/setup-kmod.sh || echo "setup: the mm_template kernel module could not be built ($?): its guest tests will be skipped" >&2
+
 # ---- bundles
 log "bundling the daemon and CLI"
 node scripts/build.mjs

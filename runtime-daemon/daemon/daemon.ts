@@ -36,6 +36,7 @@ import { VmTemplateManager } from '../template/vmTemplates';
 import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
+import { mmTemplateStatus } from '../template/mmTemplate';
 import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
 
 export const VERSION = '0.1.0';
@@ -126,6 +127,7 @@ export class Daemon {
       // Node templates are CRIU checkpoints made in a dedicated sandbox (not from the pool: it is
       // destroyed right after the dump), with the agent's code, limits and network.
       const driver = this.driver;
+      mmTemplateStatus((m) => this.log(m)); // once: is the mm_template kernel module there?
       this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'), {
         makeSandbox: async (agent) => {
           const m = agent.manifest;

@@ -29,6 +29,7 @@ import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
 import { CriuInstance, nsPidOf, restoreInto } from '../template/criu';
 import { TemplateManager, TemplateMeta } from '../template/templates';
+import { mmTemplateStatus } from '../template/mmTemplate';
 import { guestMemory, GuestMsg, RootKind } from '../sandbox/vm';
 import type { VmAcquired, VmPool } from '../sandbox/vmPool';
 import type { VmTemplateManager } from '../template/vmTemplates';
@@ -614,6 +615,7 @@ export class Invoker extends EventEmitter {
                   how: prepared ? 'a waiter forked from the zygote had joined this sandbox during its cleanup: fork the instance, drop privileges' : 'fork from the zygote, join the sandbox (cgroups, namespaces, root), drop privileges',
                   template: record.template ?? '',
                   prepared,
+                  memPath: mmTemplateStatus().path,
                 });
                 nativeSpans('template', steps ?? []);
               }
@@ -704,6 +706,7 @@ export class Invoker extends EventEmitter {
             span('template.restore', t0, tRestored, {
               template: tmplName,
               how: 'CRIU restore into this sandbox (its namespaces, root and cgroups)',
+              memPath: mmTemplateStatus().path,
               pid: inst.hostPid,
               restoreMs: Number(inst.restoreMs.toFixed(2)),
               memory: this.templates?.ksm ? 'private copy, marked mergeable for KSM (TRENV_KSM=1)' : 'private copy',

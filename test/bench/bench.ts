@@ -8,6 +8,7 @@ import { benchEditor } from './editor';
 import { benchVm } from './vm';
 import { benchBrowser } from './browser';
 import { benchKsm } from './ksm';
+import { benchKmod } from './kmod';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
@@ -17,6 +18,7 @@ const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   vm: () => benchVm(),
   browser: () => benchBrowser(),
   ksm: () => benchKsm(),
+  kmod: () => benchKmod(),
 };
 
 async function main(): Promise<void> {

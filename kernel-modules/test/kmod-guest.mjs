@@ -1,0 +1,196 @@
+// Node agent instances through /dev/mm_template, inside the test guest (run by node-tests.sh).
+//   node kmod-guest.mjs test    same results as a cold start, different random values, template shared
+//   node kmod-guest.mjs bench   N = 8, 16 instances: module (prefaulted / fault per page) vs CRIU private restore vs cold start
+// Prints PASS/FAIL/METRIC lines for run-guest-tests.sh.
+//
+// Flow (see the README): the agent is started once (node-instance.js, MMT_TEMPLATE=1), initialises
+// and stops itself; mmt_node copies its resident private anonymous memory into a template and CRIU
+// checkpoints it. An instance = `criu restore` into fresh pid/uts/mount namespaces (the task is
+// restored stopped, with private copies of every page), then - module path only - `mmt_node remap`
+// maps every templated run onto the template (MAP_PRIVATE|MAP_FIXED, prefaulted), which frees the
+// private copies, then SIGCONT. The instance re-seeds from its request and runs the handler.
+import { spawn, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+
+const CRIU = '/opt/trenv/criu/criu';
+const INSTANCE = '/t/node-instance.js';
+const ENV = { PATH: '/bin:/usr/bin', HOME: '/tmp', UV_USE_IO_URING: '0' };
+const event = JSON.parse(fs.readFileSync('/app/agent/.trenv/events/default.json', 'utf8'));
+const say = (s) => process.stdout.write(s + '\n');
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const nowNs = () => process.hrtime.bigint();
+
+function sh(cmd) {
+  const r = spawnSync('/bin/sh', ['-c', cmd], { encoding: 'utf8', env: ENV });
+  if (r.status !== 0) throw new Error(`${cmd}: exit ${r.status}\n${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+const memFreeKb = () => Number(/MemFree:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))[1]);
+const state = (pid) => { try { return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1][0]; } catch { return 'gone'; } };
+
+async function waitFor(pred, ms, what) {
+  const end = Date.now() + ms;
+  while (!pred()) { if (Date.now() > end) throw new Error(`timed out waiting for ${what}`); await sleep(5); }
+}
+
+/** node processes other than this driver: the instances */
+function instancePids() {
+  return fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid).filter((d) => {
+    try { return fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'node'; } catch { return false; }
+  }).map(Number);
+}
+function pssKb(pids) {
+  let sum = 0;
+  for (const p of pids) { try { sum += Number(/Pss:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'))[1]); } catch {} }
+  return sum;
+}
+
+/** where a process's private memory is (diagnostics: MMT_DIAG=1) */
+function privateByMapping(pid) {
+  const by = new Map();
+  let key = '';
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const h = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
+    if (h) { key = `${h[1]} ${h[3] || (h[2] === '0' ? '[anon]' : '?')}`; continue; }
+    const m = /^(Private_Dirty|Private_Clean):\s+(\d+)/.exec(line);
+    if (m) by.set(key, (by.get(key) ?? 0) + Number(m[2]));
+  }
+  const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return [...by].filter(([, v]) => v >= 32).sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `${k}=${v}kB`).join(', ') +
+    ` | ${/VmPTE:\s+\d+ kB/.exec(st)?.[0]} threads ${/Threads:\s+(\d+)/.exec(st)?.[1]}`;
+}
+
+let tmpl; // { id, bytes, runs }
+async function buildTemplate() {
+  fs.mkdirSync('/tmp/req', { recursive: true }); fs.mkdirSync('/tmp/res', { recursive: true }); fs.mkdirSync('/tmp/log', { recursive: true });
+  fs.rmSync('/tmp/img', { recursive: true, force: true }); fs.mkdirSync('/tmp/img');
+  const t0 = nowNs();
+  // no tty among its fds (CRIU would need --shell-job): stdio are files
+  const errFd = fs.openSync('/tmp/log/template.err', 'w');
+  const child = spawn('/usr/bin/node', ['--expose-gc', INSTANCE], { env: { ...ENV, MMT_TEMPLATE: '1' }, stdio: ['ignore', 'ignore', errFd], detached: true });
+  await waitFor(() => fs.existsSync('/tmp/tmpl-ready') && state(child.pid) === 'T', 60000, 'the template process to initialise');
+  say(`METRIC node.cold_init_ms ${(Number(nowNs() - t0) / 1e6).toFixed(1)}`);
+  say('INFO ' + sh(`/t/mmt_node build ${child.pid} /tmp/tmpl.map`).trim());
+  const head = fs.readFileSync('/tmp/tmpl.map', 'utf8').split('\n')[0].split(' ');
+  tmpl = { id: Number(head[1]), runs: Number(head[3]), bytes: Number(head[5]) };
+  say(`METRIC node.template_kb ${tmpl.bytes >> 10}`);
+  const t1 = nowNs();
+  sh(`${CRIU} dump -t ${child.pid} -D /tmp/img -o /tmp/log/dump.log -v2 2>&1 || { tail -20 /tmp/img/dump.log /tmp/log/dump.log; exit 1; }`);
+  say(`METRIC node.criu_dump_ms ${(Number(nowNs() - t1) / 1e6).toFixed(1)}`);
+  await waitFor(() => state(child.pid) === 'gone' || state(child.pid) === 'Z', 10000, 'the dumped template to exit');
+}
+
+/** start one instance; resolves to { startMs, res } once its handler has run */
+async function startInstance(mode, name, cg, stress = false) {
+  const join = `echo $$ > ${cg}/cgroup.procs || exit 1`;
+  const seed = crypto.randomBytes(32).toString('hex');
+  fs.writeFileSync(`/tmp/req/${name}.json`, JSON.stringify({ seed, event, stress }));
+  const t0 = Date.now();
+  if (mode === 'cold') {
+    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node --expose-gc ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
+  } else {
+    const remap = mode.startsWith('module') ? `/t/mmt_node remap /tmp/tmpl.map $P ${mode === 'module_fault' ? 'fault' : ''} >/tmp/log/${name}.remap || { echo "remap failed"; exit 1; }` : '';
+    const script = `hostname ${name}
+${CRIU} restore -D /tmp/img -d -o /tmp/log/${name}.log --pidfile /tmp/log/${name}.pid >/dev/null 2>&1 || { echo "criu restore failed:"; tail -15 /tmp/img/${name}.log; exit 1; }
+P=$(cat /tmp/log/${name}.pid)
+${remap}
+kill -CONT $P
+cat /tmp/batch.fifo >/dev/null`;
+    const wrapped = `${join}; exec /bin/unshare -m -p -u -f --mount-proc /bin/sh -c '${script.replace(/'/g, `'\\''`)}'`;
+    spawn('/bin/sh', ['-c', wrapped], { env: ENV, stdio: ['ignore', 'inherit', 'inherit'], detached: true }).unref();
+  }
+  const file = `/tmp/res/${name}.json`;
+  await waitFor(() => fs.existsSync(file), 120000, `instance ${name} (${mode})`);
+  const res = JSON.parse(fs.readFileSync(file, 'utf8'));
+  return { startMs: res.handlerStartMs - t0, res };
+}
+
+/** end every instance of a batch (cold ones by pid, restored ones by ending their namespaces) */
+async function endBatch() {
+  for (const p of instancePids()) { try { process.kill(p, 'SIGKILL'); } catch {} }
+  // the namespaces' init shells block reading the FIFO: a writer that opens and closes it ends them
+  const w = spawn('/bin/sh', ['-c', 'exec 3>/tmp/batch.fifo; exec 3>&-'], { stdio: 'ignore' });
+  await Promise.race([new Promise((r) => w.on('exit', r)), sleep(2000)]);
+  w.kill('SIGKILL');
+  await waitFor(() => instancePids().length === 0, 10000, 'instances to exit');
+  for (const d of ['/tmp/res', '/tmp/req']) for (const f of fs.readdirSync(d)) fs.rmSync(`${d}/${f}`);
+}
+
+/** MemFree once it stopped moving (exiting processes of the previous batch free memory late) */
+async function settledFreeKb() {
+  let prev = memFreeKb();
+  for (let i = 0; i < 20; i++) {
+    await sleep(300);
+    const cur = memFreeKb();
+    if (Math.abs(cur - prev) < 256) return cur;
+    prev = cur;
+  }
+  return prev;
+}
+
+async function batch(mode, n, stress = false) {
+  fs.rmSync('/tmp/batch.fifo', { force: true }); sh('mkfifo /tmp/batch.fifo');
+  // every instance (and for restores: unshare, CRIU, the remap) runs in the batch's cgroup: its
+  // memory.current is what the N instances cost (user pages, page tables, kernel memory)
+  const cg = `/sys/fs/cgroup/kmod-${mode}${n}`;
+  fs.mkdirSync(cg, { recursive: true });
+  const free0 = await settledFreeKb();
+  const out = [];
+  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg, stress));
+  const free1 = await settledFreeKb();
+  const cgKb = Math.round(Number(fs.readFileSync(`${cg}/memory.current`, 'utf8')) / 1024) + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0);
+  const pids = instancePids();
+  const usedKb = free0 - free1 + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0); // the template: created before the batch
+  const pss = pssKb(pids);
+  if (process.env.MMT_DIAG && pids.length) say(`INFO ${mode} instance ${pids[0]}: ${privateByMapping(pids[0])}`);
+  await endBatch();
+  try { fs.rmdirSync(cg); } catch {}
+  const starts = out.map((o) => o.startMs).sort((a, b) => a - b);
+  return { out, usedKb, cgKb, pss, medianStartMs: starts[Math.floor(n / 2)], instances: pids.length };
+}
+
+function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
+
+async function test() {
+  await buildTemplate();
+  const cold = await batch('cold', 1);
+  const criu = await batch('criu', 1);
+  const faults = () => Number(/faults (\d+)/.exec(fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8'))[1]);
+  const f0 = faults();
+  const mod = await batch('module', 3, true);
+  // maps are prefaulted: a fault on one means the page's entry was zapped (MADV_DONTNEED by V8 or
+  // glibc) and the page then read again, i.e. the discard path was exercised
+  say(`METRIC node.template_refaults ${faults() - f0}`);
+  const ref = cold.out[0].res.value;
+  const values = [...criu.out, ...mod.out].map((o) => o.res.value);
+  if (values.every((v) => same(v, ref))) say('PASS node_module_same_result_as_cold');
+  else say(`FAIL node_module_same_result_as_cold: ${JSON.stringify(values[values.length - 1]).slice(0, 300)} vs ${JSON.stringify(ref).slice(0, 300)}`);
+  if (mod.out.every((o) => same(o.res.value2, ref))) say('PASS node_module_same_result_after_gc');
+  else say(`FAIL node_module_same_result_after_gc: ${JSON.stringify(mod.out.map((o) => o.res.value2)).slice(0, 300)}`);
+  const randoms = mod.out.map((o) => `${o.res.random}/${o.res.uuid}`);
+  if (new Set(randoms).size === randoms.length) say('PASS node_module_reseeded');
+  else say(`FAIL node_module_reseeded: ${randoms.join(' ')}`);
+  say(`METRIC node.module3.cgroup_kb ${mod.cgKb}\nMETRIC node.module3.pss_kb ${mod.pss}`);
+  const remapMs = mod.out.map((o) => Number(/in ([\d.]+) ms/.exec(fs.readFileSync(`/tmp/log/${o.res.name}.remap`, 'utf8'))?.[1]));
+  say(`METRIC node.remap_ms ${remapMs.sort((a, b) => a - b)[1]}`);
+  say(`METRIC node.module.start_ms ${mod.medianStartMs.toFixed(1)}\nMETRIC node.criu.start_ms ${criu.medianStartMs.toFixed(1)}\nMETRIC node.cold.start_ms ${cold.medianStartMs.toFixed(1)}`);
+  // the template outlives its mappers until deleted; deleting it now must leave nothing behind
+  sh('/t/mmt_node delete /tmp/tmpl.map');
+  const stats = fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8');
+  if (/templates_live 0\n/.test(stats)) say('PASS node_template_freed'); else say(`FAIL node_template_freed: ${stats}`);
+}
+
+async function bench() {
+  await buildTemplate();
+  for (const n of [8, 16]) {
+    for (const mode of ['cold', 'criu', 'module', 'module_fault']) {
+      const r = await batch(mode, n);
+      say(`BENCH ${JSON.stringify({ mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, cgKb: r.cgKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
+    }
+  }
+  sh('/t/mmt_node delete /tmp/tmpl.map');
+}
+
+const what = process.argv[2];
+(what === 'bench' ? bench() : test()).then(() => process.exit(0), (err) => { say(`FAIL node_${what}: ${err.stack}`); process.exit(1); });
