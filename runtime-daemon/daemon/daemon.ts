@@ -35,13 +35,16 @@ import { VmTemplateManager } from '../template/vmTemplates';
 import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
-import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
+import { acquireLock, clientOwner, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
+import { E2bService, e2bPortFrom } from '../e2b/service';
 
 export const VERSION = '0.1.0';
 
 export interface DaemonOptions {
   stateDir: string;
   port: number;
+  /** E2B-compatible API port (default $TRENV_E2B_PORT or 49982; 0 = any free port) */
+  e2bPort?: number;
   log?: (msg: string) => void;
 }
 
@@ -64,6 +67,7 @@ export class Daemon {
   private templates!: TemplateManager;
   private vmPool: VmPool | undefined;
   private browser: BrowserBroker | undefined;
+  private e2b: E2bService | undefined;
   private vmTemplates: VmTemplateManager | undefined;
   private nativeDir = '';
   private server!: DaemonServer;
@@ -157,6 +161,19 @@ export class Daemon {
         const { event: _e, result: _r, ...summary } = r;
         this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summary));
       });
+
+      this.e2b = new E2bService({
+        stateDir: this.paths.root,
+        instanceId: this.paths.instanceId,
+        pool: this.pool,
+        emptyApp: this.paths.emptyApp,
+        enterPath: path.join(this.nativeDir, 'trenv-enter'),
+        templates: () => this.templates.list(),
+        owner: clientOwner(),
+        log: this.log,
+      });
+      this.e2b.sandboxes.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      await this.e2b.start(e2bPortFrom(this.o.e2bPort));
 
       const token = writeToken(this.paths);
       this.server = new DaemonServer({
@@ -282,6 +299,7 @@ export class Daemon {
         template: vm.template,
         memory: sampleProcesses([vm.pid]),
       }));
+    const e2b = this.e2b?.sandboxes.containerIds() ?? new Map();
     return vms.concat(this.pool.list().map((sb) => ({
       id: sb.id,
       kind: 'container',
@@ -290,7 +308,10 @@ export class Daemon {
       hostPid: sb.initPid,
       uses: sb.uses,
       createdAt: sb.createdAt,
-      agent: sb.appDir ? path.basename(sb.appDir) : undefined,
+      // an E2B sandbox holds this container: show its id and template (and whether it is paused)
+      agent: e2b.has(sb.id)
+        ? `e2b ${e2b.get(sb.id)!.id} (${e2b.get(sb.id)!.templateId}${e2b.get(sb.id)!.state === 'paused' ? ', paused' : ''})`
+        : sb.appDir ? path.basename(sb.appDir) : undefined,
       template: sb.lastTemplate,
       memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
     })));
@@ -483,6 +504,7 @@ export class Daemon {
         const until = Date.now() + 3000;
         while (this.invoker.runningCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
       }
+      await this.e2b?.stop();
       await this.pool?.close();
       await this.vmPool?.closeAll();
       await this.browser?.stop();

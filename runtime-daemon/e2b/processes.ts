@@ -1,0 +1,237 @@
+/**
+ * Processes inside an E2B sandbox (envd's process.Process). Each one runs through trenv-enter,
+ * which joins the sandbox's cgroups, namespaces and root and drops to the sandbox user, so a
+ * command has exactly the sandbox's view and limits. Pipes for stdout/stderr/stdin, or a pty
+ * (node-pty) when asked. Pids are the daemon's own numbers per sandbox (not the in-sandbox pid).
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { EventEmitter, on } from 'node:events';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
+import type { E2bSandbox } from './sandboxes';
+
+type Pty = {
+  onData(cb: (d: string) => void): void;
+  onExit(cb: (e: { exitCode: number; signal?: number }) => void): void;
+  write(d: string): void;
+  resize(c: number, r: number): void;
+  kill(sig?: string): void;
+  pid: number;
+};
+
+export interface ProcConfig {
+  cmd: string;
+  args: string[];
+  envs: Record<string, string>;
+  cwd?: string;
+}
+
+export type ProcEvent =
+  | { case: 'start'; value: { pid: number } }
+  | { case: 'data'; value: { output: { case: 'stdout' | 'stderr' | 'pty'; value: Uint8Array } } }
+  | { case: 'end'; value: { exitCode: number; exited: boolean; status: string; error?: string } }
+  | { case: 'keepalive'; value: object };
+
+const SIGNALS: Record<number, string> = { 1: 'hangup', 2: 'interrupt', 9: 'killed', 15: 'terminated' };
+
+export class SandboxProcess extends EventEmitter {
+  child: ChildProcess | undefined;
+  pty: Pty | undefined;
+  end: Extract<ProcEvent, { case: 'end' }> | undefined;
+  readonly startedAt = Date.now();
+
+  constructor(readonly pid: number, readonly config: ProcConfig, readonly tag: string | undefined) {
+    super();
+    this.setMaxListeners(0);
+  }
+
+  get running(): boolean {
+    return !this.end;
+  }
+
+  emitEvent(e: ProcEvent): void {
+    if (e.case === 'end') this.end = e;
+    this.emit('event', e);
+  }
+
+  /** Signals the whole process group of the command (its shell and what that started). */
+  signal(sig: 'SIGKILL' | 'SIGTERM'): void {
+    const leader = this.child?.pid ?? this.pty?.pid;
+    if (!leader || this.end) return;
+    try {
+      process.kill(-leader, sig);
+    } catch {
+      try {
+        process.kill(leader, sig);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+}
+
+export interface StartOptions {
+  pty?: { cols: number; rows: number };
+  tag?: string;
+  stdin: boolean;
+  user?: string;
+}
+
+function clamp(n: number | undefined, dflt: number, max: number): number {
+  return Number.isInteger(n) && n! > 0 && n! <= max ? n! : dflt;
+}
+
+/** The processes of one sandbox. Disposed (everything killed) when the sandbox ends. */
+export class ProcessTable {
+  private readonly procs = new Map<number, SandboxProcess>();
+  private nextPid = 1000;
+
+  constructor(private readonly sb: E2bSandbox, private readonly enterPath: string, private readonly onOutput?: (p: SandboxProcess, stream: 'stdout' | 'stderr' | 'pty', data: Buffer) => void) {}
+
+  list(): SandboxProcess[] {
+    return [...this.procs.values()].filter((p) => p.running);
+  }
+
+  find(sel: { case: 'pid'; value: number } | { case: 'tag'; value: string } | { case: undefined; value?: undefined } | undefined): SandboxProcess {
+    let p: SandboxProcess | undefined;
+    if (sel?.case === 'pid') p = this.procs.get(sel.value);
+    else if (sel?.case === 'tag') p = [...this.procs.values()].find((x) => x.tag === sel.value && x.running) ?? [...this.procs.values()].find((x) => x.tag === sel.value);
+    if (!p) throw new ConnectError(`process ${sel?.case === 'tag' ? `with tag "${sel.value}"` : `with pid ${sel?.value}`} not found`, Code.NotFound);
+    return p;
+  }
+
+  /** Creates the process object (subscribe to it first), then `spawn` starts it. */
+  create(config: ProcConfig, tag: string | undefined): SandboxProcess {
+    const p = new SandboxProcess(this.nextPid++, config, tag);
+    this.procs.set(p.pid, p);
+    return p;
+  }
+
+  spawn(p: SandboxProcess, o: StartOptions): void {
+    const cwd = p.config.cwd || SANDBOX_HOME;
+    const env: Record<string, string> = {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      HOME: SANDBOX_HOME,
+      USER: 'agent',
+      LOGNAME: 'agent',
+      LANG: 'C.UTF-8',
+      E2B_SANDBOX: 'true',
+      E2B_SANDBOX_ID: this.sb.id,
+      ...(o.pty ? { TERM: 'xterm-256color' } : {}),
+      ...this.sb.envs,
+      ...p.config.envs,
+    };
+    // cwd inside the sandbox: trenv-enter starts in /app, a tiny sh changes to the asked dir first
+    const argv = [
+      'shell', String(this.sb.container.initPid), String(SANDBOX_UID), String(SANDBOX_GID), ...this.sb.container.cgroup.procsFiles, '--',
+      '/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd, p.config.cmd, ...p.config.args,
+    ];
+    const started = () => p.emitEvent({ case: 'start', value: { pid: p.pid } });
+    const finish = (code: number | null, signal: string | number | null | undefined, error?: string) => {
+      if (p.end) return;
+      if (signal) {
+        const n = typeof signal === 'number' ? signal : ({ SIGKILL: 9, SIGTERM: 15, SIGINT: 2, SIGHUP: 1 } as Record<string, number>)[signal] ?? 0;
+        p.emitEvent({ case: 'end', value: { exitCode: -1, exited: false, status: `signal: ${SIGNALS[n] ?? signal}`, error } });
+      } else {
+        p.emitEvent({ case: 'end', value: { exitCode: code ?? -1, exited: true, status: `exit status ${code ?? -1}`, error } });
+      }
+    };
+    if (o.pty) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const nodePty = require('node-pty') as { spawn(file: string, args: string[], o: object): Pty };
+      const pty = nodePty.spawn(this.enterPath, argv, { name: 'xterm-256color', cols: clamp(o.pty.cols, 80, 1000), rows: clamp(o.pty.rows, 24, 1000), cwd: '/', env });
+      p.pty = pty;
+      started();
+      pty.onData((d) => {
+        const b = Buffer.from(d, 'utf8');
+        this.onOutput?.(p, 'pty', b);
+        p.emitEvent({ case: 'data', value: { output: { case: 'pty', value: b } } });
+      });
+      pty.onExit((e) => finish(e.signal ? null : e.exitCode, e.signal || null));
+      return;
+    }
+    const child = spawn(this.enterPath, argv, { env, cwd: '/', detached: true, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    p.child = child;
+    child.stdin?.on('error', () => undefined); // EPIPE when the command does not read its input
+    let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    let open = 2;
+    const maybeEnd = () => {
+      if (exited && open === 0) finish(exited.code, exited.signal);
+    };
+    for (const [stream, name] of [[child.stdout!, 'stdout'], [child.stderr!, 'stderr']] as const) {
+      stream.on('data', (b: Buffer) => {
+        this.onOutput?.(p, name, b);
+        p.emitEvent({ case: 'data', value: { output: { case: name, value: b } } });
+      });
+      stream.on('close', () => {
+        open--;
+        maybeEnd();
+      });
+    }
+    child.on('spawn', started);
+    child.on('error', (e) => {
+      if (!child.pid) {
+        started();
+        finish(127, null, `cannot start ${this.enterPath}: ${e.message}`);
+      }
+    });
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      maybeEnd();
+      // a background child of the command can keep the pipes open: the command has ended anyway
+      setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        finish(code, signal);
+      }, 200).unref();
+    });
+  }
+
+  /** Kills every process of the sandbox (it is ending). */
+  dispose(): void {
+    for (const p of this.procs.values()) p.signal('SIGKILL');
+  }
+}
+
+/**
+ * The events of one process for one stream (Start or Connect): start first, then what happens,
+ * keepalives every `keepaliveS` seconds, the end, or an Unavailable error when the sandbox ends.
+ */
+export async function* follow(p: SandboxProcess, sb: E2bSandbox, signal: AbortSignal, keepaliveS: number): AsyncGenerator<ProcEvent> {
+  const mux = new EventEmitter();
+  const ac = new AbortController();
+  const abort = () => ac.abort();
+  signal.addEventListener('abort', abort);
+  const fwd = (e: ProcEvent) => mux.emit('e', e);
+  const killed = (why: string) => mux.emit('e', { case: 'killed', why });
+  const paused = () => mux.emit('e', { case: 'killed', why: 'paused' });
+  p.on('event', fwd);
+  sb.on('killed', killed);
+  sb.on('paused', paused);
+  const ka = setInterval(() => mux.emit('e', { case: 'keepalive', value: {} }), Math.max(1, keepaliveS) * 1000);
+  try {
+    const it = on(mux, 'e', { signal: ac.signal });
+    yield { case: 'start', value: { pid: p.pid } };
+    if (p.end) {
+      yield p.end;
+      return;
+    }
+    for await (const [e] of it) {
+      const ev = e as ProcEvent | { case: 'killed'; why: string };
+      if (ev.case === 'killed') throw new ConnectError(`sandbox ${sb.id} ${ev.why === 'paused' ? 'was paused' : `ended (${ev.why})`} while the command was running`, Code.Unavailable);
+      if (ev.case === 'start') continue;
+      yield ev;
+      if (ev.case === 'end') return;
+    }
+  } catch (e) {
+    if (e instanceof ConnectError) throw e;
+    if ((e as Error).name === 'AbortError') return;
+    throw e;
+  } finally {
+    clearInterval(ka);
+    signal.removeEventListener('abort', abort);
+    p.off('event', fwd);
+    sb.off('killed', killed);
+    sb.off('paused', paused);
+  }
+}
