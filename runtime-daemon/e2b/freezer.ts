@@ -26,9 +26,20 @@ export class Freezer {
   cleanupLeftovers(): void {
     if (!this.base) return;
     try {
-      for (const d of fs.readdirSync(this.base)) this.remove(d);
+      for (const d of fs.readdirSync(this.base, { withFileTypes: true })) if (d.isDirectory()) this.remove(d.name);
     } catch {
       /* none */
+    }
+  }
+
+  /** At daemon stop: the instance's own dir (empty by then). */
+  removeInstance(): void {
+    if (!this.base) return;
+    this.cleanupLeftovers();
+    try {
+      fs.rmdirSync(this.base);
+    } catch {
+      /* gone, or a group is still busy (logged by its remove) */
     }
   }
 

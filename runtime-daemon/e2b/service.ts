@@ -64,6 +64,7 @@ export class E2bService {
   async stop(): Promise<void> {
     await this.sandboxes.closeAll();
     await this.server?.close();
+    this.freezer.removeInstance();
     fs.rmSync(e2bPaths(this.o.stateDir).info, { force: true });
   }
 }
