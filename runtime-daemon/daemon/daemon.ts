@@ -22,7 +22,7 @@ import {
 } from '../protocol/messages';
 import { AgentNotFoundError, ManifestError, checkManifestText } from '../manifest/manifest';
 import { addSamples, emptySample, readRollup, sampleProcesses } from '../metrics/smaps';
-import { RecordStore } from '../records/store';
+import { RecordStore, summarize } from '../records/store';
 import { ContainerDriver } from '../sandbox/container';
 import { DEFAULT_POOL, SandboxPool } from '../sandbox/pool';
 import { ClientConnection, DaemonServer, paramsError } from '../server/server';
@@ -171,6 +171,28 @@ export class Daemon {
         templates: () => this.templates.list(),
         owner: clientOwner(),
         log: this.log,
+        records: {
+          create: (r) => {
+            this.store.create(r);
+            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+          },
+          update: (r) => {
+            this.store.update(r);
+            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+          },
+          log: (l) => {
+            this.store.append(l.invocationId, 'logs', l);
+            this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l));
+          },
+          memory: (id, sample) => {
+            this.store.append(id, 'memory', sample);
+            this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample }));
+          },
+          span: (s) => {
+            this.store.append(s.invocationId, 'trace', s);
+            this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s));
+          },
+        },
       });
       this.e2b.sandboxes.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
       await this.e2b.start(e2bPortFrom(this.o.e2bPort));
@@ -370,7 +392,8 @@ export class Daemon {
     });
     rpc.onRequest(Methods.kill, (p: { id: string }) => {
       if (!isObject(p) || typeof p.id !== 'string') throw paramsError('"id" is required');
-      return { killed: this.invoker.kill(this.store.resolve(p.id) ?? p.id) };
+      const id = this.store.resolve(p.id) ?? p.id;
+      return { killed: this.invoker.kill(id) || (this.e2b?.killByRecord(id) ?? false) };
     });
     rpc.onRequest(Methods.listInvocations, (p: { limit?: number }) => this.store.list(isObject(p) && typeof p.limit === 'number' ? p.limit : 100));
     rpc.onRequest(Methods.getInvocation, (p: { id: string }) => {

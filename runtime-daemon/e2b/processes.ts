@@ -85,8 +85,10 @@ function clamp(n: number | undefined, dflt: number, max: number): number {
 export class ProcessTable {
   private readonly procs = new Map<number, SandboxProcess>();
   private nextPid = 1000;
+  private standby: ChildProcess | undefined;
+  private disposed = false;
 
-  constructor(private readonly sb: E2bSandbox, private readonly enterPath: string, private readonly onOutput?: (p: SandboxProcess, stream: 'stdout' | 'stderr' | 'pty', data: Buffer) => void) {}
+  constructor(private readonly sb: E2bSandbox, private readonly enterPath: string, private readonly onProcess?: (p: SandboxProcess) => void) {}
 
   list(): SandboxProcess[] {
     return [...this.procs.values()].filter((p) => p.running);
@@ -104,12 +106,13 @@ export class ProcessTable {
   create(config: ProcConfig, tag: string | undefined): SandboxProcess {
     const p = new SandboxProcess(this.nextPid++, config, tag);
     this.procs.set(p.pid, p);
+    this.onProcess?.(p);
     return p;
   }
 
-  spawn(p: SandboxProcess, o: StartOptions): void {
-    const cwd = p.config.cwd || SANDBOX_HOME;
-    const env: Record<string, string> = {
+  /** The environment every command of this sandbox starts with (a command's own envs come on top). */
+  private baseEnv(): Record<string, string> {
+    return {
       PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
       HOME: SANDBOX_HOME,
       USER: 'agent',
@@ -117,15 +120,67 @@ export class ProcessTable {
       LANG: 'C.UTF-8',
       E2B_SANDBOX: 'true',
       E2B_SANDBOX_ID: this.sb.id,
-      ...(o.pty ? { TERM: 'xterm-256color' } : {}),
       ...this.sb.envs,
-      ...p.config.envs,
     };
+  }
+
+  private enterArgv(cmd: string[]): string[] {
+    return ['shell', String(this.sb.container.initPid), String(SANDBOX_UID), String(SANDBOX_GID), ...this.sb.container.cgroup.procsFiles, '--', ...cmd];
+  }
+
+  /**
+   * TrEnv's idea applied to commands: a shell that has already joined the sandbox (cgroups,
+   * namespaces, root, user) waits for the next command, so joining is off the command's path.
+   * It reads one NUL-terminated script (cd, exports, exec of the command) from stdin and execs it;
+   * the rest of stdin is the command's input. One per sandbox, made again after each use.
+   */
+  prepareStandby(): void {
+    if (this.disposed || this.standby || this.sb.state !== 'running') return;
+    const child = spawn(this.enterPath, this.enterArgv(['/usr/bin/bash', '--noprofile', '--norc', '-c', 'IFS= read -r -d "" s || exit 0; eval "$s"']), {
+      env: this.baseEnv(),
+      cwd: '/',
+      detached: true,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    child.on('error', () => undefined);
+    child.stdin!.on('error', () => undefined);
+    child.on('exit', () => {
+      if (this.standby === child) this.standby = undefined;
+    });
+    this.standby = child;
+  }
+
+  private takeStandby(p: SandboxProcess, cwd: string): ChildProcess | undefined {
+    const child = this.standby;
+    this.standby = undefined;
+    // the next standby is made once this command has answered (spawning blocks the event loop
+    // for a moment: not while the first output is on its way)
+    let done = false;
+    const next = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      p.off('event', onEvent);
+      setImmediate(() => this.prepareStandby());
+    };
+    const onEvent = (e: ProcEvent) => (e.case === 'data' || e.case === 'end') && next();
+    const timer = setTimeout(next, 100);
+    p.on('event', onEvent);
+    if (!child?.pid || child.exitCode !== null || child.signalCode !== null) return undefined;
+    const q = (s: string) => `'${s.replace(/\0/g, '').replace(/'/g, `'\\''`)}'`;
+    const exports = Object.entries(p.config.envs)
+      .filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+      .map(([k, v]) => `export ${k}=${q(v)}; `)
+      .join('');
+    child.stdin!.write(`cd -- ${q(cwd)} || exit 1; ${exports}exec ${[p.config.cmd, ...p.config.args].map(q).join(' ')}\0`);
+    return child;
+  }
+
+  spawn(p: SandboxProcess, o: StartOptions): void {
+    const cwd = p.config.cwd || SANDBOX_HOME;
+    const env: Record<string, string> = { ...this.baseEnv(), ...(o.pty ? { TERM: 'xterm-256color' } : {}), ...p.config.envs };
     // cwd inside the sandbox: trenv-enter starts in /app, a tiny sh changes to the asked dir first
-    const argv = [
-      'shell', String(this.sb.container.initPid), String(SANDBOX_UID), String(SANDBOX_GID), ...this.sb.container.cgroup.procsFiles, '--',
-      '/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd, p.config.cmd, ...p.config.args,
-    ];
+    const argv = this.enterArgv(['/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd, p.config.cmd, ...p.config.args]);
     const started = () => p.emitEvent({ case: 'start', value: { pid: p.pid } });
     const finish = (code: number | null, signal: string | number | null | undefined, error?: string) => {
       if (p.end) return;
@@ -144,13 +199,14 @@ export class ProcessTable {
       started();
       pty.onData((d) => {
         const b = Buffer.from(d, 'utf8');
-        this.onOutput?.(p, 'pty', b);
         p.emitEvent({ case: 'data', value: { output: { case: 'pty', value: b } } });
       });
       pty.onExit((e) => finish(e.signal ? null : e.exitCode, e.signal || null));
       return;
     }
-    const child = spawn(this.enterPath, argv, { env, cwd: '/', detached: true, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const ready = this.takeStandby(p, cwd);
+    const child = ready ?? spawn(this.enterPath, argv, { env, cwd: '/', detached: true, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    if (ready && !o.stdin) ready.stdin!.end();
     p.child = child;
     child.stdin?.on('error', () => undefined); // EPIPE when the command does not read its input
     let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
@@ -160,7 +216,6 @@ export class ProcessTable {
     };
     for (const [stream, name] of [[child.stdout!, 'stdout'], [child.stderr!, 'stderr']] as const) {
       stream.on('data', (b: Buffer) => {
-        this.onOutput?.(p, name, b);
         p.emitEvent({ case: 'data', value: { output: { case: name, value: b } } });
       });
       stream.on('close', () => {
@@ -168,7 +223,8 @@ export class ProcessTable {
         maybeEnd();
       });
     }
-    child.on('spawn', started);
+    if (ready) started();
+    else child.on('spawn', started);
     child.on('error', (e) => {
       if (!child.pid) {
         started();
@@ -189,6 +245,15 @@ export class ProcessTable {
 
   /** Kills every process of the sandbox (it is ending). */
   dispose(): void {
+    this.disposed = true;
+    if (this.standby?.pid) {
+      try {
+        process.kill(-this.standby.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    this.standby = undefined;
     for (const p of this.procs.values()) p.signal('SIGKILL');
   }
 }

@@ -5,7 +5,7 @@
  */
 import * as crypto from 'node:crypto';
 import { FsEventJson, FsHelper } from './fsHelper';
-import { ProcessTable, SandboxProcess } from './processes';
+import { ProcessTable } from './processes';
 import type { E2bSandbox } from './sandboxes';
 import { Interpreters } from './interpreter';
 
@@ -66,11 +66,12 @@ export class SandboxRuntime {
   readonly interpreters: Interpreters;
   private readonly polled = new Map<string, Watcher>();
 
-  constructor(readonly sb: E2bSandbox, readonly enterPath: string, onOutput?: (p: SandboxProcess, stream: 'stdout' | 'stderr' | 'pty', data: Buffer) => void) {
-    this.procs = new ProcessTable(sb, enterPath, onOutput);
+  constructor(readonly sb: E2bSandbox, readonly enterPath: string) {
+    this.procs = new ProcessTable(sb, enterPath, (p) => sb.record?.command(p));
     this.fs = new FsHelper(sb, enterPath);
     this.interpreters = new Interpreters(sb, enterPath);
     sb.owned.add({ dispose: () => this.dispose() });
+    this.procs.prepareStandby();
   }
 
   async watch(path: string, recursive: boolean, includeEntry: boolean): Promise<Watcher> {

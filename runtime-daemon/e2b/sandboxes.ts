@@ -14,6 +14,8 @@ import type { SandboxPool } from '../sandbox/pool';
 import type { TemplateInfo } from '../protocol/messages';
 import { loadAgent } from '../manifest/manifest';
 import { Freezer } from './freezer';
+import type { NativeSpan } from '../sandbox/sandboxd';
+import type { SandboxRecord } from './records';
 
 /** envd features the SDKs switch on by version: stdin (0.3.0), no default user (0.4.0), closeStdin (0.5.2), octet-stream upload (0.5.7). */
 export const ENVD_VERSION = '0.5.7';
@@ -36,6 +38,11 @@ export interface Disposable {
 export class E2bSandbox extends EventEmitter {
   state: 'running' | 'paused' | 'killed' = 'running';
   endAt: number;
+  /** started without the pool: its container is destroyed at the end, not kept */
+  cold = false;
+  /** how the container was obtained (for the record's trace) */
+  acquired: { how: 'fresh' | 'repurposed'; pickNs: [bigint, bigint]; spans: NativeSpan[]; t0: bigint; t1: bigint } | undefined;
+  record: SandboxRecord | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** things living in the sandbox (processes, watchers, interpreters): disposed when it ends */
   readonly owned = new Set<Disposable>();
@@ -141,18 +148,28 @@ export class E2bSandboxes extends EventEmitter {
     const metadata = strRecord(p.metadata, 'metadata');
     const envs = strRecord(p.envVars, 'envVars');
     const { spec, appDir, alias } = this.resolveTemplate(templateId);
+    // trenv extension for comparisons: metadata {"trenv.start": "cold"} = new namespaces, cgroup and
+    // mounts for this sandbox, destroyed at its end (what a start without the pool costs)
+    const cold = opts.fresh === true || metadata['trenv.start'] === 'cold';
     let container: ContainerSandbox;
+    let acquired: E2bSandbox['acquired'];
     try {
-      container = (await this.d.pool.acquire(spec, appDir, { fresh: opts.fresh })).sandbox;
+      const t0 = process.hrtime.bigint();
+      const a = await this.d.pool.acquire(spec, appDir, { fresh: cold });
+      container = a.sandbox;
+      acquired = { how: a.how, pickNs: a.pickNs, spans: a.spans, t0, t1: process.hrtime.bigint() };
     } catch (e) {
       throw new E2bError(500, `could not start a sandbox for template "${templateId}": ${(e as Error).message}`);
     }
     const id = `i${crypto.randomBytes(10).toString('hex')}`;
     const sb = new E2bSandbox(id, templateId, alias, container, crypto.randomBytes(24).toString('hex'), metadata, envs, p.autoPause === true, Date.now(), timeout * 1000);
+    sb.cold = cold;
+    sb.acquired = acquired;
     container.lastTemplate = `e2b:${templateId}`;
     this.byId.set(id, sb);
     sb.armTimer(() => void this.expire(sb));
     this.d.log(`e2b: sandbox ${id} (${templateId}) in ${container.id}, timeout ${timeout} s`);
+    this.emit('created', sb);
     this.emit('changed');
     return sb;
   }
@@ -206,6 +223,7 @@ export class E2bSandboxes extends EventEmitter {
     sb.stopTimer();
     this.d.freezer.freeze(sb.id, sb.container.cgroup.pids_().filter((p) => p !== sb.container.initPid));
     sb.state = 'paused';
+    sb.record?.note('paused (cgroup freezer)');
     sb.emit('paused');
     this.emit('changed');
   }
@@ -216,6 +234,7 @@ export class E2bSandboxes extends EventEmitter {
     if (wasPaused) {
       this.d.freezer.thaw(sb.id);
       sb.state = 'running';
+      sb.record?.note('resumed');
     }
     if (timeout !== undefined && timeout !== null) sb.endAt = Math.max(sb.endAt, Date.now() + timeoutSeconds(timeout, 300) * 1000);
     else if (wasPaused) sb.endAt = Date.now() + 300_000;
@@ -241,9 +260,10 @@ export class E2bSandboxes extends EventEmitter {
     sb.owned.clear();
     // frozen tasks cannot die: thaw first, then the pool's clean kills everything in the sandbox
     if (wasPaused || this.d.freezer.has(sb.id)) this.d.freezer.thaw(sb.id);
-    await this.d.pool.release(sb.container, !this.closed);
+    await this.d.pool.release(sb.container, !this.closed && !sb.cold);
     this.d.freezer.remove(sb.id);
     this.d.log(`e2b: sandbox ${sb.id} ended (${why})`);
+    this.emit('ended', sb, why);
     this.emit('changed');
   }
 

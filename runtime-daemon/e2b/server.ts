@@ -36,8 +36,6 @@ export interface E2bServerOptions {
   apiKey: string;
   enterPath: string;
   log(m: string): void;
-  /** called with every command's output (for the daemon's records) */
-  onRuntime?(rt: SandboxRuntime): void;
 }
 
 class HttpError extends Error {
@@ -143,8 +141,7 @@ export class E2bServer {
       rt = new SandboxRuntime(sb, this.o.enterPath);
       this.runtimes.set(sb.id, rt);
       const r = rt;
-      sb.once('killed', () => this.runtimes.delete(sb.id));
-      this.o.onRuntime?.(r);
+      sb.once('killed', () => this.runtimes.delete(r.sb.id));
     }
     return rt;
   }
@@ -183,8 +180,10 @@ export class E2bServer {
       if (method === 'POST') {
         const body = await readJson(req);
         const sb = await sbs.create(body);
-        this.runtime(sb);
-        return sendJson(res, 201, this.created(sb));
+        sendJson(res, 201, this.created(sb));
+        // the sandbox's runtime (and its standby shell) starts while the client reads the answer
+        setImmediate(() => sb.state === 'running' && this.runtime(sb));
+        return;
       }
       if (method === 'GET') return this.list(url, res, p.startsWith('/v2/'));
       throw new HttpError(405, `${method} ${p} is not supported`);
@@ -246,6 +245,7 @@ export class E2bServer {
     const disk = diskOf(sb.container.initPid);
     sb.samples.push({ at: now, memUsed: sb.container.cgroup.usageBytes(), cpuPct: Number(cpuPct.toFixed(2)), diskUsed: disk.used, diskTotal: disk.total });
     if (sb.samples.length > 720) sb.samples.splice(0, sb.samples.length - 720);
+    sb.record?.memory();
   }
 
   private created(sb: E2bSandbox): Record<string, unknown> {

@@ -7,9 +7,9 @@ import { e2bPaths, E2bInfoFile } from './paths';
 import type { SandboxPool } from '../sandbox/pool';
 import type { TemplateInfo } from '../protocol/messages';
 import { Freezer } from './freezer';
-import { E2bSandboxes } from './sandboxes';
+import { E2bSandbox, E2bSandboxes } from './sandboxes';
 import { DEFAULT_E2B_PORT, E2bServer, loadOrCreateApiKey } from './server';
-import type { SandboxRuntime } from './runtime';
+import { RecordSink, SandboxRecord } from './records';
 
 export interface E2bServiceOptions {
   stateDir: string;
@@ -20,7 +20,8 @@ export interface E2bServiceOptions {
   templates(): TemplateInfo[];
   owner?: { uid: number; gid: number };
   log(m: string): void;
-  onRuntime?(rt: SandboxRuntime): void;
+  /** where E2B sandboxes are recorded like invocations */
+  records?: RecordSink;
 }
 
 /** Port from the option, else $TRENV_E2B_PORT, else 49982 (0: any free port, recorded in e2b.json). */
@@ -40,6 +41,11 @@ export class E2bService {
     this.freezer = new Freezer(o.instanceId);
     this.freezer.cleanupLeftovers();
     this.sandboxes = new E2bSandboxes({ pool: o.pool, emptyApp: o.emptyApp, templates: o.templates, freezer: this.freezer, log: o.log });
+    const sink = o.records;
+    if (sink) {
+      this.sandboxes.on('created', (sb: E2bSandbox) => (sb.record = new SandboxRecord(sink, sb)));
+      this.sandboxes.on('ended', (sb: E2bSandbox, why: string) => sb.record?.end(why));
+    }
   }
 
   /** Starts the listener; a busy port is logged, not fatal (the rest of the daemon works without it). */
@@ -47,7 +53,7 @@ export class E2bService {
     const paths = e2bPaths(this.o.stateDir);
     fs.rmSync(paths.info, { force: true });
     const apiKey = loadOrCreateApiKey(paths.apiKey, this.o.owner);
-    const server = new E2bServer({ sandboxes: this.sandboxes, apiKey, enterPath: this.o.enterPath, log: this.o.log, onRuntime: this.o.onRuntime });
+    const server = new E2bServer({ sandboxes: this.sandboxes, apiKey, enterPath: this.o.enterPath, log: this.o.log });
     try {
       const p = await server.listen(port);
       this.server = server;
@@ -59,6 +65,14 @@ export class E2bService {
       this.o.log(`E2B-compatible API not started: ${(e as Error).message} (set TRENV_E2B_PORT to another port, or 0 for any free one)`);
       return undefined;
     }
+  }
+
+  /** Ends the E2B sandbox behind a record (the editor's Stop on it); false when none is. */
+  killByRecord(recordId: string): boolean {
+    const sb = this.sandboxes.list().find((s) => s.record?.record.id === recordId);
+    if (!sb) return false;
+    void this.sandboxes.kill(sb, 'killed from trenv');
+    return true;
   }
 
   async stop(): Promise<void> {

@@ -7,6 +7,7 @@ import { benchTemplates } from './templates';
 import { benchEditor } from './editor';
 import { benchVm } from './vm';
 import { benchBrowser } from './browser';
+import { benchE2b } from './e2b';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
@@ -15,6 +16,7 @@ const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   editor: () => benchEditor(),
   vm: () => benchVm(),
   browser: () => benchBrowser(),
+  e2b: () => benchE2b(),
 };
 
 async function main(): Promise<void> {

@@ -311,6 +311,34 @@ describe('lifecycle', () => {
   });
 });
 
+describe('records', () => {
+  test('an E2B sandbox is recorded like an invocation: its start trace, command logs, memory; Stop from trenv ends it', async () => {
+    const sb = await Sandbox.create();
+    await sb.commands.run('echo recorded-out; echo recorded-err >&2');
+    await assert.rejects(sb.commands.run('exit 5'), CommandExitError);
+    await sb.getMetrics(); // takes a sample now
+    const list = await d.client.rpc.sendRequest(Methods.listInvocations, { limit: 50 });
+    const rec = list.find((r) => r.agent.includes(sb.sandboxId));
+    assert.ok(rec, 'listed with the invocations (trenv ps, the Invocations tree)');
+    assert.equal(rec.state, 'running');
+    const det = await d.client.rpc.sendRequest(Methods.getInvocation, { id: rec.id });
+    const text = det.logs.map((l) => `${l.stream}:${l.text}`).join('');
+    assert.match(text, /system:\$ echo recorded-out; echo recorded-err >&2/);
+    assert.match(text, /stdout:recorded-out/);
+    assert.match(text, /stderr:recorded-err/);
+    assert.match(text, /exit status 5/);
+    assert.ok(det.trace.some((t) => t.name === 'pool.pick') && det.trace.some((t) => t.name === 'sandbox.ready'), det.trace.map((t) => t.name).join(','));
+    assert.ok(det.memory.length >= 1 && det.memory[0].processes >= 1);
+    const k = await d.client.rpc.sendRequest(Methods.kill, { id: rec.id });
+    assert.equal(k.killed, true);
+    const until = Date.now() + 10_000;
+    while ((await sb.isRunning()) && Date.now() < until) await sleep(50);
+    assert.equal(await sb.isRunning(), false, 'Stop on the record ended the sandbox');
+    const after = await d.client.rpc.sendRequest(Methods.getInvocation, { id: rec.id });
+    assert.equal(after.record.state, 'killed');
+  });
+});
+
 describe('templates', () => {
   test('an agent template: the sandbox has the agent code at /app and its runtime; unknown templates are not found', async () => {
     const agentDir = path.join(EXAMPLES, 'py-text-stats');
