@@ -51,6 +51,14 @@ def _result(v):
             except Exception: pass
     emit(r)
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# Debian's matplotlib wants /etc/matplotlibrc, which the sandbox's /etc does not have: a user rc instead
+if not os.path.exists('/etc/matplotlibrc') and 'MATPLOTLIBRC' not in os.environ:
+    try:
+        _d = os.path.join(os.environ.get('HOME', '/tmp'), '.config', 'matplotlib')
+        os.makedirs(_d, exist_ok=True)
+        if not os.path.exists(os.path.join(_d, 'matplotlibrc')):
+            with open(os.path.join(_d, 'matplotlibrc'), 'w') as _f: _f.write('backend: Agg\n')
+    except OSError: pass
 ns = {'__name__': '__main__'}
 count = 0
 for line in _req_in:

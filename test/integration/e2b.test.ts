@@ -373,6 +373,26 @@ describe('code interpreter', () => {
   });
 });
 
+describe('code interpreter charts', () => {
+  const hasMpl = (() => {
+    try {
+      execFileSync('/usr/bin/python3', ['-c', 'import matplotlib'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  test('a matplotlib figure comes back as a png result', { skip: hasMpl ? false : 'python3-matplotlib is not installed (apt-get install python3-matplotlib)' }, async () => {
+    const sb = track(await CodeSandbox.create());
+    const r = await sb.runCode('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title("squares")\nprint("plotted")', { timeoutMs: 120_000 });
+    assert.equal(r.error, undefined, String(r.error?.traceback));
+    const png = r.results.find((x) => x.png);
+    assert.ok(png, `results: ${JSON.stringify(r.results.map((x) => x.formats()))}`);
+    assert.equal(Buffer.from(png.png!, 'base64').subarray(1, 4).toString(), 'PNG');
+    assert.deepEqual(r.logs.stdout, ['plotted\n']);
+  });
+});
+
 describe('security', () => {
   test('wrong API key, browser Origin, forged sandbox id, missing token, unknown sandbox: refused', async () => {
     await assert.rejects(Sandbox.create({ apiKey: `e2b_${'0'.repeat(40)}` }), AuthenticationError);
