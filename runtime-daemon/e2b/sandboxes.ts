@@ -288,10 +288,10 @@ export function cpuTicks(pids: number[]): number {
   return t;
 }
 
-/** Disk of the sandbox's root (its writable layer) as seen by its init. */
+/** Disk of the sandbox's writable layer: the tmpfs under its overlay root (`/rw` next to `/root` in init's view, see native/PROTOCOL.md). */
 export function diskOf(initPid: number): { used: number; total: number } {
   try {
-    const s = fs.statfsSync(path.join('/proc', String(initPid), 'root'));
+    const s = fs.statfsSync(path.join('/proc', String(initPid), 'root', 'rw'));
     return { used: (s.blocks - s.bfree) * s.bsize, total: s.blocks * s.bsize };
   } catch {
     return { used: 0, total: 0 };

@@ -289,11 +289,13 @@ describe('lifecycle', () => {
 
   test('metrics report memory and disk of the sandbox', async () => {
     const sb = track(await Sandbox.create());
-    await sb.commands.run('python3 -c "x = bytearray(30 * 1024 * 1024); import time; time.sleep(0.5)" & sleep 0.3; true');
+    await sb.commands.run('head -c 8000000 /dev/zero > /home/agent/f; python3 -c "x = bytearray(30 * 1024 * 1024); import time; time.sleep(0.5)" & sleep 0.3; true');
     const m = await sb.getMetrics();
     assert.ok(m.length >= 1);
     const last = m[m.length - 1];
     assert.ok(last.memUsed > 0 && last.memTotal === 512 * 1024 * 1024, JSON.stringify(last));
+    assert.equal(last.diskTotal, 256 * 1024 * 1024, 'the writable layer of the base template');
+    assert.ok(last.diskUsed >= 8_000_000, JSON.stringify(last));
     assert.ok(last.cpuCount >= 1);
     assert.ok(last.timestamp instanceof Date);
   });
