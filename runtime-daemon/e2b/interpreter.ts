@@ -104,8 +104,10 @@ class PyContext {
 
   private ensure(): ChildProcess {
     if (this.proc && this.proc.exitCode === null && !this.proc.killed) return this.proc;
-    const proc = spawn(this.enterPath, enterArgv(this.sb, ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/python3 -u -c "$1"', this.cwd, REPL]), {
-      env: { ...SANDBOX_ENV, ...this.sb.envs },
+    // the sandbox's envs are set inside (by env), never in trenv-enter's own environment (root on the host)
+    const userEnv = Object.entries(this.sb.envs).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `${k}=${v}`);
+    const proc = spawn(this.enterPath, enterArgv(this.sb, ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/env -- "$@"', this.cwd, ...userEnv, '/usr/bin/python3', '-u', '-c', REPL]), {
+      env: SANDBOX_ENV,
       cwd: '/',
       detached: true,
       stdio: ['pipe', 'pipe', 'pipe'],

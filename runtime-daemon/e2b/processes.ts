@@ -110,8 +110,12 @@ export class ProcessTable {
     return p;
   }
 
-  /** The environment every command of this sandbox starts with (a command's own envs come on top). */
-  private baseEnv(): Record<string, string> {
+  /**
+   * The fixed environment trenv-enter (root, on the host until it has entered the sandbox) starts
+   * with. Nothing a client chose goes here (LD_PRELOAD & co. would run as root on the host): the
+   * sandbox's and the command's envs are set inside, by `env` or the standby's exports.
+   */
+  private baseEnv(pty: boolean): Record<string, string> {
     return {
       PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
       HOME: SANDBOX_HOME,
@@ -120,8 +124,13 @@ export class ProcessTable {
       LANG: 'C.UTF-8',
       E2B_SANDBOX: 'true',
       E2B_SANDBOX_ID: this.sb.id,
-      ...this.sb.envs,
+      ...(pty ? { TERM: 'xterm-256color' } : {}),
     };
+  }
+
+  /** The client-chosen envs of a command: the sandbox's, then the command's own (valid names only). */
+  private userEnv(p: SandboxProcess): Array<[string, string]> {
+    return Object.entries({ ...this.sb.envs, ...p.config.envs }).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k));
   }
 
   private enterArgv(cmd: string[]): string[] {
@@ -137,7 +146,7 @@ export class ProcessTable {
   prepareStandby(): void {
     if (this.disposed || this.standby || this.sb.state !== 'running') return;
     const child = spawn(this.enterPath, this.enterArgv(['/usr/bin/bash', '--noprofile', '--norc', '-c', 'IFS= read -r -d "" s || exit 0; eval "$s"']), {
-      env: this.baseEnv(),
+      env: this.baseEnv(false),
       cwd: '/',
       detached: true,
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -168,8 +177,7 @@ export class ProcessTable {
     p.on('event', onEvent);
     if (!child?.pid || child.exitCode !== null || child.signalCode !== null) return undefined;
     const q = (s: string) => `'${s.replace(/\0/g, '').replace(/'/g, `'\\''`)}'`;
-    const exports = Object.entries(p.config.envs)
-      .filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k))
+    const exports = this.userEnv(p)
       .map(([k, v]) => `export ${k}=${q(v)}; `)
       .join('');
     child.stdin!.write(`cd -- ${q(cwd)} || exit 1; ${exports}exec ${[p.config.cmd, ...p.config.args].map(q).join(' ')}\0`);
@@ -178,9 +186,12 @@ export class ProcessTable {
 
   spawn(p: SandboxProcess, o: StartOptions): void {
     const cwd = p.config.cwd || SANDBOX_HOME;
-    const env: Record<string, string> = { ...this.baseEnv(), ...(o.pty ? { TERM: 'xterm-256color' } : {}), ...p.config.envs };
-    // cwd inside the sandbox: trenv-enter starts in /app, a tiny sh changes to the asked dir first
-    const argv = this.enterArgv(['/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd, p.config.cmd, ...p.config.args]);
+    const env = this.baseEnv(!!o.pty);
+    // inside the sandbox: a tiny sh changes to the asked dir (trenv-enter starts in /app), env sets the client's variables
+    const argv = this.enterArgv([
+      '/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd,
+      '/usr/bin/env', '--', ...this.userEnv(p).map(([k, v]) => `${k}=${v}`), p.config.cmd, ...p.config.args,
+    ]);
     const started = () => p.emitEvent({ case: 'start', value: { pid: p.pid } });
     const finish = (code: number | null, signal: string | number | null | undefined, error?: string) => {
       if (p.end) return;

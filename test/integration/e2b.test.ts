@@ -422,6 +422,29 @@ describe('security', () => {
     await assert.rejects(forgedSb.files.read('/home/agent/b-only.txt'), (e: unknown) => e instanceof AuthenticationError || e instanceof SandboxError);
   });
 
+  test('client-chosen envs never reach the root helper on the host (LD_PRELOAD of a host library)', async () => {
+    const tag = crypto.randomBytes(4).toString('hex');
+    const marker = `/tmp/trenv-e2b-preloaded-${tag}`;
+    const src = `/tmp/trenv-e2b-preload-${tag}.c`;
+    const so = `/tmp/trenv-e2b-preload-${tag}.so`;
+    fs.writeFileSync(src, `#include <stdio.h>\n__attribute__((constructor)) static void hit(void) { FILE *f = fopen("${marker}", "a"); if (f) { fputs("x", f); fclose(f); } }\n`);
+    execFileSync('gcc', ['-shared', '-fPIC', '-o', so, src]);
+    try {
+      const sb = track(await CodeSandbox.create({ envs: { LD_PRELOAD: so } }));
+      for (let i = 0; i < 3; i++) await sb.commands.run('true', { envs: { LD_PRELOAD: so } });
+      await sb.commands.run('true', { background: true }).then((h) => h.wait());
+      const pty = await sb.pty.create({ cols: 80, rows: 24, onData: () => undefined, envs: { LD_PRELOAD: so } });
+      await sb.pty.sendInput(pty.pid, new TextEncoder().encode('exit\n'));
+      await pty.wait().catch(() => undefined);
+      await sb.runCode('1');
+      assert.equal(fs.existsSync(marker), false, 'the host library was loaded by a process on the host');
+      const r = await sb.commands.run('echo "$LD_PRELOAD"');
+      assert.equal(r.stdout.trim(), so, 'the variable is set inside the sandbox');
+    } finally {
+      for (const f of [marker, src, so]) fs.rmSync(f, { force: true });
+    }
+  });
+
   test('the listener is on loopback only', () => {
     assert.match(env.E2B_API_URL, /127\.0\.0\.1/);
     const ss = execFileSync('ss', ['-Hltn'], { encoding: 'utf8' });
