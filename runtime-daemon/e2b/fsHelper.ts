@@ -2,8 +2,8 @@
  * Filesystem access of an E2B sandbox. Paths are never resolved on the host: a small Node program
  * runs INSIDE the sandbox (through trenv-enter: its mount namespace, root and user), so `..`,
  * symlinks and permissions resolve exactly as they do for the sandbox's own processes and nothing
- * outside its root is reachable. One helper per sandbox, started on first use, speaking JSON
- * lines on stdin/stdout; file contents of /files stream through `cat` runs the same way.
+ * outside its root is reachable. One helper per sandbox, started on first use (and again if it
+ * was killed), speaking JSON lines on stdin/stdout; file contents of /files stream through `cat` runs the same way.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
@@ -11,7 +11,7 @@ import * as readline from 'node:readline';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { E2bSandbox } from './sandboxes';
 
-/** Runs inside the sandbox as `node -e`. Requests {id, op, ...}; replies {id, result} | {id, error:{code,message}}; watch events {watch, events}. */
+/** Runs inside the sandbox under node, read from fd 3. Requests {id, op, ...}; replies {id, result} | {id, error:{code,message}}; watch events {watch, events}. */
 const HELPER = String.raw`
 const fs = require('fs'), path = require('path'), rl = require('readline');
 const HOME = process.env.HOME || '/';
@@ -107,7 +107,7 @@ export class FsHelper extends EventEmitter {
   private ready: Promise<void> | undefined;
   private seq = 0;
   private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  private dead: Error | undefined;
+  private disposed = false;
 
   constructor(private readonly sb: E2bSandbox, private readonly enterPath: string) {
     super();
@@ -117,8 +117,16 @@ export class FsHelper extends EventEmitter {
   private start(): Promise<void> {
     if (this.ready) return this.ready;
     this.ready = new Promise((resolve, reject) => {
-      const proc = spawn(this.enterPath, enterArgv(this.sb, ['/usr/bin/node', '-e', HELPER]), { env: SANDBOX_ENV, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+      // the program comes on fd 3 (a short argv in `ps`, nothing to parse on the command line)
+      const proc = spawn(this.enterPath, enterArgv(this.sb, ['/usr/bin/node', '-e', 'eval(require("fs").readFileSync(3, "utf8"))']), {
+        env: SANDBOX_ENV,
+        cwd: '/',
+        stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
+      });
       this.proc = proc;
+      const code = proc.stdio[3] as NodeJS.WritableStream;
+      code.on('error', () => undefined);
+      code.end(HELPER);
       let err = '';
       proc.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-2000)));
       proc.stdin!.on('error', () => undefined);
@@ -133,10 +141,13 @@ export class FsHelper extends EventEmitter {
         else w.resolve(msg.result);
       });
       proc.on('exit', (code, signal) => {
-        this.dead = new FsError('EUNAVAILABLE', `the sandbox's file helper exited (${signal ?? code})${err ? `: ${err.trim()}` : ''}`);
-        reject(this.dead);
-        for (const w of this.waiting.values()) w.reject(this.dead);
+        const why = new FsError('EUNAVAILABLE', `the sandbox's file helper exited (${signal ?? code})${err ? `: ${err.trim()}` : ''}`);
+        reject(why);
+        for (const w of this.waiting.values()) w.reject(why);
         this.waiting.clear();
+        // killed from inside the sandbox (its own processes may do that): the next call starts a new one
+        this.ready = undefined;
+        this.proc = undefined;
         this.emit('dead');
       });
     });
@@ -144,7 +155,7 @@ export class FsHelper extends EventEmitter {
   }
 
   async call<T>(op: string, args: Record<string, unknown>): Promise<T> {
-    if (this.dead) throw this.dead;
+    if (this.disposed) throw new FsError('EUNAVAILABLE', 'the sandbox ended');
     await this.start();
     const id = ++this.seq;
     return new Promise<T>((resolve, reject) => {
@@ -154,7 +165,7 @@ export class FsHelper extends EventEmitter {
   }
 
   dispose(): void {
-    this.dead ??= new FsError('EUNAVAILABLE', 'the sandbox ended');
+    this.disposed = true;
     this.proc?.kill('SIGKILL');
   }
 }

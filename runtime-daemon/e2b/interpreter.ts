@@ -106,12 +106,16 @@ class PyContext {
     if (this.proc && this.proc.exitCode === null && !this.proc.killed) return this.proc;
     // the sandbox's envs are set inside (by env), never in trenv-enter's own environment (root on the host)
     const userEnv = Object.entries(this.sb.envs).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `${k}=${v}`);
-    const proc = spawn(this.enterPath, enterArgv(this.sb, ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/env -- "$@"', this.cwd, ...userEnv, '/usr/bin/python3', '-u', '-c', REPL]), {
+    const proc = spawn(this.enterPath, enterArgv(this.sb, ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/env -- "$@"', this.cwd, ...userEnv, '/usr/bin/python3', '-u', '-c', 'import os\nwith os.fdopen(3) as f: src = f.read()\nexec(compile(src, "<trenv-repl>", "exec"))']), {
       env: SANDBOX_ENV,
       cwd: '/',
       detached: true,
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
     });
+    // the REPL's program comes on fd 3: a short argv in `ps`
+    const code = proc.stdio[3] as NodeJS.WritableStream;
+    code.on('error', () => undefined);
+    code.end(REPL);
     this.proc = proc;
     this.exitErr = '';
     proc.stdin!.on('error', () => undefined);

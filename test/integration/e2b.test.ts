@@ -149,6 +149,11 @@ describe('files', () => {
     await assert.rejects(sb.files.read('dir/sub/b.txt'), FileNotFoundError);
     await assert.rejects(sb.files.list('nowhere'), FileNotFoundError);
     await assert.rejects(sb.files.write('/usr/bin/evil', 'x'), (err: unknown) => err instanceof SandboxError && !(err instanceof FileNotFoundError));
+    // the sandbox's own code may kill the file helper: the next file call starts a new one
+    await sb.files.write('again.txt', 'still works');
+    const killed = await sb.commands.run('pkill -x node; sleep 0.2; pgrep -x node || echo none');
+    assert.equal(killed.stdout, 'none\n');
+    assert.equal(await sb.files.read('again.txt'), 'still works');
   });
 
   test('paths resolve inside the sandbox root: .., absolute symlinks and /proc do not reach host files', async () => {
