@@ -104,6 +104,13 @@ export class ProcessTable {
 
   /** Creates the process object (subscribe to it first), then `spawn` starts it. */
   create(config: ProcConfig, tag: string | undefined): SandboxProcess {
+    // ended processes stay findable (Connect, wait) for a while: the oldest go beyond 256
+    if (this.procs.size >= 256) {
+      for (const [pid, old] of this.procs) {
+        if (this.procs.size < 256) break;
+        if (!old.running) this.procs.delete(pid);
+      }
+    }
     const p = new SandboxProcess(this.nextPid++, config, tag);
     this.procs.set(p.pid, p);
     this.onProcess?.(p);

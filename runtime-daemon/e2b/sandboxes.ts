@@ -97,6 +97,8 @@ export interface SandboxesDeps {
   emptyApp: string;
   templates(): TemplateInfo[];
   freezer: Freezer;
+  /** alive (running or paused) E2B sandboxes at most; more answer 429 */
+  maxSandboxes: number;
   log(m: string): void;
 }
 
@@ -120,6 +122,7 @@ function timeoutSeconds(v: unknown, dflt: number): number {
 export class E2bSandboxes extends EventEmitter {
   private readonly byId = new Map<string, E2bSandbox>();
   private closed = false;
+  private creating = 0;
 
   constructor(private readonly d: SandboxesDeps) {
     super();
@@ -142,6 +145,9 @@ export class E2bSandboxes extends EventEmitter {
 
   async create(p: CreateParams, opts: { fresh?: boolean } = {}): Promise<E2bSandbox> {
     if (this.closed) throw new E2bError(503, 'the trenv daemon is shutting down');
+    if (this.byId.size + this.creating >= this.d.maxSandboxes) {
+      throw new E2bError(429, `${this.d.maxSandboxes} E2B sandboxes are alive (paused ones count): kill some, or raise TRENV_E2B_MAX_SANDBOXES`);
+    }
     const templateId = p.templateID === undefined || p.templateID === null ? 'base' : p.templateID;
     if (typeof templateId !== 'string' || !templateId) throw new E2bError(400, '"templateID" must be a non-empty string');
     const timeout = timeoutSeconds(p.timeout, 300);
@@ -153,6 +159,7 @@ export class E2bSandboxes extends EventEmitter {
     const cold = opts.fresh === true || metadata['trenv.start'] === 'cold';
     let container: ContainerSandbox;
     let acquired: E2bSandbox['acquired'];
+    this.creating++;
     try {
       const t0 = process.hrtime.bigint();
       const a = await this.d.pool.acquire(spec, appDir, { fresh: cold });
@@ -160,6 +167,12 @@ export class E2bSandboxes extends EventEmitter {
       acquired = { how: a.how, pickNs: a.pickNs, spans: a.spans, t0, t1: process.hrtime.bigint() };
     } catch (e) {
       throw new E2bError(500, `could not start a sandbox for template "${templateId}": ${(e as Error).message}`);
+    } finally {
+      this.creating--;
+    }
+    if (this.closed) {
+      await this.d.pool.release(container, false);
+      throw new E2bError(503, 'the trenv daemon is shutting down');
     }
     const id = `i${crypto.randomBytes(10).toString('hex')}`;
     const sb = new E2bSandbox(id, templateId, alias, container, crypto.randomBytes(24).toString('hex'), metadata, envs, p.autoPause === true, Date.now(), timeout * 1000);

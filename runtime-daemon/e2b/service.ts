@@ -40,7 +40,15 @@ export class E2bService {
   constructor(private readonly o: E2bServiceOptions) {
     this.freezer = new Freezer(o.instanceId);
     this.freezer.cleanupLeftovers();
-    this.sandboxes = new E2bSandboxes({ pool: o.pool, emptyApp: o.emptyApp, templates: o.templates, freezer: this.freezer, log: o.log });
+    const max = Number(process.env.TRENV_E2B_MAX_SANDBOXES);
+    this.sandboxes = new E2bSandboxes({
+      pool: o.pool,
+      emptyApp: o.emptyApp,
+      templates: o.templates,
+      freezer: this.freezer,
+      maxSandboxes: Number.isInteger(max) && max > 0 ? max : 64,
+      log: o.log,
+    });
     const sink = o.records;
     if (sink) {
       this.sandboxes.on('created', (sb: E2bSandbox) => (sb.record = new SandboxRecord(sink, sb)));
