@@ -188,6 +188,19 @@ export class E2bServer {
       if (method === 'GET') return this.list(url, res, p.startsWith('/v2/'));
       throw new HttpError(405, `${method} ${p} is not supported`);
     }
+    if (id === 'metrics' && !action && method === 'GET') {
+      // the latest metric of several sandboxes at once: {sandboxes: {id: metric}}
+      const ids = (url.searchParams.get('sandbox_ids') ?? '').split(',').filter(Boolean);
+      const out: Record<string, unknown> = {};
+      for (const want of ids) {
+        const s = sbs.get(want);
+        if (!s) continue;
+        if (s.state === 'running') this.sample(s);
+        const last = s.samples[s.samples.length - 1];
+        if (last) out[s.id] = this.metric(s, last);
+      }
+      return sendJson(res, 200, { sandboxes: out });
+    }
     const sb = sbs.get(decodeURIComponent(id));
     if (!sb) throw new E2bError(404, `sandbox "${id}" not found`);
     if (!action) {
@@ -212,26 +225,23 @@ export class E2bServer {
       if (sb.state === 'running') this.sample(sb);
       const start = Number(url.searchParams.get('start') ?? 0) * 1000;
       const end = url.searchParams.get('end') ? Number(url.searchParams.get('end')) * 1000 : Infinity;
-      const cpus = os.cpus().length;
-      return sendJson(
-        res,
-        200,
-        sb.samples
-          .filter((s) => s.at >= start - 999 && s.at <= end)
-          .map((s) => ({
-            timestamp: new Date(s.at).toISOString(),
-            timestampUnix: Math.floor(s.at / 1000),
-            cpuCount: cpus,
-            cpuUsedPct: s.cpuPct,
-            memUsed: s.memUsed,
-            memTotal: sb.memoryMb * 1024 * 1024,
-            memCache: 0,
-            diskUsed: s.diskUsed,
-            diskTotal: s.diskTotal,
-          })),
-      );
+      return sendJson(res, 200, sb.samples.filter((s) => s.at >= start - 999 && s.at <= end).map((s) => this.metric(sb, s)));
     }
     throw new HttpError(405, `${method} ${p} is not supported`);
+  }
+
+  private metric(sb: E2bSandbox, s: E2bSandbox['samples'][number]): Record<string, unknown> {
+    return {
+      timestamp: new Date(s.at).toISOString(),
+      timestampUnix: Math.floor(s.at / 1000),
+      cpuCount: os.cpus().length,
+      cpuUsedPct: s.cpuPct,
+      memUsed: s.memUsed,
+      memTotal: sb.memoryMb * 1024 * 1024,
+      memCache: 0,
+      diskUsed: s.diskUsed,
+      diskTotal: s.diskTotal,
+    };
   }
 
   private sample(sb: E2bSandbox): void {

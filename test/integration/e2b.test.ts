@@ -303,6 +303,11 @@ describe('lifecycle', () => {
     assert.ok(last.diskUsed >= 8_000_000, JSON.stringify(last));
     assert.ok(last.cpuCount >= 1);
     assert.ok(last.timestamp instanceof Date);
+    // the batch form (GET /sandboxes/metrics?sandbox_ids=), as the API spec has it
+    const r = await fetch(`${env.E2B_API_URL}/sandboxes/metrics?sandbox_ids=${sb.sandboxId},i-gone`, { headers: { 'x-api-key': env.E2B_API_KEY } });
+    const batch = (await r.json()) as { sandboxes: Record<string, { memUsed: number; timestampUnix: number }> };
+    assert.deepEqual(Object.keys(batch.sandboxes), [sb.sandboxId]);
+    assert.ok(batch.sandboxes[sb.sandboxId].memUsed > 0 && batch.sandboxes[sb.sandboxId].timestampUnix > 0);
   });
 
   test('E2B sandboxes show in the daemon sandbox list (Sandboxes tree, trenv ps) and leave it when killed', async () => {
