@@ -11,6 +11,7 @@ import * as readline from 'node:readline';
 import { SANDBOX_HOME } from '../sandbox/rootfs';
 import { enterArgv, SANDBOX_ENV } from './fsHelper';
 import type { E2bSandbox } from './sandboxes';
+import { signalSession } from './processes';
 
 const REPL = String.raw`
 import ast, base64, io, json, os, sys, time, traceback
@@ -161,14 +162,9 @@ class PyContext {
     return p;
   }
 
+  /** KeyboardInterrupt in the running cell (not in trenv-enter, which SIGINT would end). */
   interrupt(): void {
-    if (this.proc?.pid) {
-      try {
-        process.kill(-this.proc.pid, 'SIGINT');
-      } catch {
-        /* gone */
-      }
-    }
+    if (this.proc?.pid) signalSession(this.proc.pid, 'SIGINT', this.sb.container.cgroup.pids_());
   }
 
   kill(): void {

@@ -5,6 +5,7 @@
  * (node-pty) when asked. Pids are the daemon's own numbers per sandbox (not the in-sandbox pid).
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import { EventEmitter, on } from 'node:events';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
@@ -54,18 +55,36 @@ export class SandboxProcess extends EventEmitter {
     this.emit('event', e);
   }
 
-  /** Signals the whole process group of the command (its shell and what that started). */
-  signal(sig: 'SIGKILL' | 'SIGTERM'): void {
+  /** Signals the command and what it started (see signalSession). */
+  signal(sig: 'SIGKILL' | 'SIGTERM', sandboxPids: number[]): void {
     const leader = this.child?.pid ?? this.pty?.pid;
     if (!leader || this.end) return;
+    signalSession(leader, sig, sandboxPids);
+  }
+}
+
+/**
+ * Signals the processes a trenv-enter started inside the sandbox: those of its session (it runs
+ * detached or under a pty, so it leads one), but not trenv-enter itself, which would die of a
+ * TERM or INT and take its child with it (PR_SET_PDEATHSIG) before the command could handle it.
+ * SIGKILL also ends trenv-enter. `sandboxPids`: host pids of the sandbox's cgroup.
+ */
+export function signalSession(leader: number, sig: NodeJS.Signals, sandboxPids: number[]): void {
+  for (const pid of sandboxPids) {
+    if (pid === leader) continue;
     try {
-      process.kill(-leader, sig);
+      const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[3]) === leader) process.kill(pid, sig); // field 6: session id
     } catch {
-      try {
-        process.kill(leader, sig);
-      } catch {
-        /* gone */
-      }
+      /* exited */
+    }
+  }
+  if (sig === 'SIGKILL') {
+    try {
+      process.kill(leader, 'SIGKILL');
+    } catch {
+      /* gone */
     }
   }
 }
@@ -272,7 +291,8 @@ export class ProcessTable {
       }
     }
     this.standby = undefined;
-    for (const p of this.procs.values()) p.signal('SIGKILL');
+    const pids = this.sb.container.cgroup.pids_();
+    for (const p of this.procs.values()) p.signal('SIGKILL', pids);
   }
 }
 

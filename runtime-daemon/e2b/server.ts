@@ -441,6 +441,7 @@ export class E2bServer {
       if (!ctx) throw new HttpError(404, `context "${String(body.context_id)}" not found`);
       const env = body.env_vars && typeof body.env_vars === 'object' ? (body.env_vars as Record<string, string>) : {};
       res.writeHead(200, { 'Content-Type': 'application/x-ndjson' });
+      res.flushHeaders(); // the SDK's request timeout runs until the headers arrive; the run may take long
       const ac = new AbortController();
       res.on('close', () => ac.abort());
       const onKill = () => res.destroy();

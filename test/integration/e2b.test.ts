@@ -27,6 +27,9 @@ function track<T extends { kill(): Promise<unknown> }>(s: T): T {
   return s;
 }
 
+/** no test may hang: an SDK call that never settles fails its test */
+const T = 180_000;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 before(async () => {
@@ -59,7 +62,7 @@ describe('setup', () => {
 });
 
 describe('commands', () => {
-  test('create from base; run streams stdout/stderr inside the sandbox as its user; non-zero exit is CommandExitError', async () => {
+  test('create from base; run streams stdout/stderr inside the sandbox as its user; non-zero exit is CommandExitError', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     assert.match(sb.sandboxId, /^i[0-9a-f]+$/);
     const chunks: string[] = [];
@@ -84,7 +87,7 @@ describe('commands', () => {
     assert.equal(envd.stdout, 'bar:/tmp\n');
   });
 
-  test('background commands: list, kill; stdin; pty', async () => {
+  test('background commands: list, kill; stdin; pty', { timeout: T }, async () => {
     const sb = track(await Sandbox.create({ envs: { SANDBOX_WIDE: 'yes' } }));
     const bg = await sb.commands.run('echo started; sleep 1000', { background: true });
     await waitFor(() => bg.stdout.includes('started'), 10_000, 'background output');
@@ -94,6 +97,24 @@ describe('commands', () => {
     await assert.rejects(bg.wait(), CommandExitError);
     assert.ok(!(await sb.commands.list()).some((p) => p.pid === bg.pid), 'gone after kill');
     assert.equal(await sb.commands.kill(999_999), false, 'unknown pid');
+
+    // Connect: a second handle on a running command gets its later output and its end
+    const ticker = await sb.commands.run('for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.2; done; exit 2', { background: true });
+    const again = await sb.commands.connect(ticker.pid);
+    const res = await again.wait().catch((e: unknown) => e);
+    assert.ok(res instanceof CommandExitError && res.exitCode === 2, String(res));
+    assert.match(res.stdout, /tick6\n$/);
+    // SIGTERM through the API (sendSignal is what kill sends; here a trap shows it was TERM)
+    const termed = await sb.commands.run("trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done", { background: true });
+    await waitFor(() => termed.stdout.includes('ready'), 10_000, 'trap set');
+    const sig = await fetch(`${env.E2B_SANDBOX_URL}/process.Process/SendSignal`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'e2b-sandbox-id': sb.sandboxId, 'e2b-sandbox-port': '49983', 'x-access-token': accessToken(sb) },
+      body: JSON.stringify({ process: { pid: termed.pid }, signal: 'SIGNAL_SIGTERM' }),
+    });
+    assert.equal(sig.status, 200);
+    const tr = await termed.wait();
+    assert.match(tr.stdout, /got-term/);
 
     const cat = await sb.commands.run('cat; echo "[$SANDBOX_WIDE]"', { background: true, stdin: true });
     await sb.commands.sendStdin(cat.pid, 'hello stdin\n');
@@ -107,11 +128,18 @@ describe('commands', () => {
     await sb.pty.sendInput(pty.pid, new TextEncoder().encode('stty size; [ -t 0 ] && echo "in a tty"; exit 3\n'));
     const end = await pty.wait().catch((e: unknown) => e);
     assert.match(out, /27 91/);
+    // Update: resize a running pty
+    let out2 = '';
+    const pty2 = await sb.pty.create({ cols: 80, rows: 24, onData: (b) => void (out2 += dec.decode(b)) });
+    await sb.pty.resize(pty2.pid, { cols: 120, rows: 40 });
+    await sb.pty.sendInput(pty2.pid, new TextEncoder().encode('stty size; exit\n'));
+    await pty2.wait();
+    assert.match(out2, /40 120/);
     assert.match(out, /in a tty/);
     assert.ok(end instanceof CommandExitError && end.exitCode === 3, `pty exit: ${String(end)}`);
   });
 
-  test('the sandbox being killed while a command streams ends the call with an SDK error, not a hang', async () => {
+  test('the sandbox being killed while a command streams ends the call with an SDK error, not a hang', { timeout: T }, async () => {
     const sb = await Sandbox.create();
     const t0 = Date.now();
     const run = sb.commands.run('echo go; sleep 1000', { timeoutMs: 60_000 }).then(
@@ -128,7 +156,7 @@ describe('commands', () => {
 });
 
 describe('files', () => {
-  test('write/read/list/exists/makeDir/rename/remove, paths relative to home', async () => {
+  test('write/read/list/exists/makeDir/rename/remove, paths relative to home', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     const w = await sb.files.write('dir/a.txt', 'hello file');
     assert.equal(w.path, '/home/agent/dir/a.txt');
@@ -156,7 +184,7 @@ describe('files', () => {
     assert.equal(await sb.files.read('again.txt'), 'still works');
   });
 
-  test('paths resolve inside the sandbox root: .., absolute symlinks and /proc do not reach host files', async () => {
+  test('paths resolve inside the sandbox root: .., absolute symlinks and /proc do not reach host files', { timeout: T }, async () => {
     const secret = `/tmp/trenv-e2b-secret-${crypto.randomBytes(4).toString('hex')}`;
     fs.writeFileSync(secret, 'host secret');
     try {
@@ -175,7 +203,7 @@ describe('files', () => {
     }
   });
 
-  test('10 MB upload and download (multipart, octet-stream + gzip), byte-exact', async () => {
+  test('10 MB upload and download (multipart, octet-stream + gzip), byte-exact', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     const data = crypto.randomBytes(10 * 1024 * 1024);
     const sha = (b: Uint8Array) => crypto.createHash('sha256').update(b).digest('hex');
@@ -190,7 +218,7 @@ describe('files', () => {
     assert.equal(ls.stdout, `${data.length}\n${data.length}\n`);
   });
 
-  test('watchDir streams events; the polling watcher (CreateWatcher/GetWatcherEvents/RemoveWatcher) too', async () => {
+  test('watchDir streams events; the polling watcher (CreateWatcher/GetWatcherEvents/RemoveWatcher) too', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     await sb.files.makeDir('w');
     const seen: Array<{ name: string; type: string }> = [];
@@ -233,7 +261,7 @@ function accessToken(sb: unknown): string {
 }
 
 describe('lifecycle', () => {
-  test('list with metadata filter and paging, get, kill (twice), connect to an unknown id', async () => {
+  test('list with metadata filter and paging, get, kill (twice), connect to an unknown id', { timeout: T }, async () => {
     const tag = crypto.randomBytes(4).toString('hex');
     const sbs = await Promise.all([0, 1, 2].map(() => Sandbox.create({ metadata: { tag } }).then(track)));
     const other = track(await Sandbox.create({ metadata: { tag: 'other' } }));
@@ -256,7 +284,7 @@ describe('lifecycle', () => {
     assert.equal(await sbs[0].isRunning(), true);
   });
 
-  test('timeouts are enforced and extendable', async () => {
+  test('timeouts are enforced and extendable', { timeout: T }, async () => {
     const short = await Sandbox.create({ timeoutMs: 1500 });
     const extended = track(await Sandbox.create({ timeoutMs: 1500 }));
     await extended.setTimeout(60_000);
@@ -266,7 +294,7 @@ describe('lifecycle', () => {
     assert.equal((await extended.commands.run('echo alive')).stdout, 'alive\n');
   });
 
-  test('pause freezes the sandbox, connect resumes it with its processes; autoPause pauses at the timeout', async () => {
+  test('pause freezes the sandbox, connect resumes it with its processes; autoPause pauses at the timeout', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     const bg = await sb.commands.run('i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done', { background: true });
     await sleep(300);
@@ -292,7 +320,7 @@ describe('lifecycle', () => {
     assert.equal(await back.files.read('keep.txt'), 'kept');
   });
 
-  test('metrics report memory and disk of the sandbox', async () => {
+  test('metrics report memory and disk of the sandbox', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
     await sb.commands.run('head -c 8000000 /dev/zero > /home/agent/f; python3 -c "x = bytearray(30 * 1024 * 1024); import time; time.sleep(0.5)" & sleep 0.3; true');
     const m = await sb.getMetrics();
@@ -310,7 +338,7 @@ describe('lifecycle', () => {
     assert.ok(batch.sandboxes[sb.sandboxId].memUsed > 0 && batch.sandboxes[sb.sandboxId].timestampUnix > 0);
   });
 
-  test('E2B sandboxes show in the daemon sandbox list (Sandboxes tree, trenv ps) and leave it when killed', async () => {
+  test('E2B sandboxes show in the daemon sandbox list (Sandboxes tree, trenv ps) and leave it when killed', { timeout: T }, async () => {
     const sb = await Sandbox.create();
     const listed = await d.client.rpc.sendRequest(Methods.listSandboxes);
     const mine = listed.find((s) => s.agent?.includes(sb.sandboxId));
@@ -324,7 +352,7 @@ describe('lifecycle', () => {
 });
 
 describe('records', () => {
-  test('an E2B sandbox is recorded like an invocation: its start trace, command logs, memory; Stop from trenv ends it', async () => {
+  test('an E2B sandbox is recorded like an invocation: its start trace, command logs, memory; Stop from trenv ends it', { timeout: T }, async () => {
     const sb = await Sandbox.create();
     await sb.commands.run('echo recorded-out; echo recorded-err >&2');
     await assert.rejects(sb.commands.run('exit 5'), CommandExitError);
@@ -352,7 +380,7 @@ describe('records', () => {
 });
 
 describe('templates', () => {
-  test('an agent template: the sandbox has the agent code at /app and its runtime; unknown templates are not found', async () => {
+  test('an agent template: the sandbox has the agent code at /app and its runtime; unknown templates are not found', { timeout: T }, async () => {
     const agentDir = path.join(EXAMPLES, 'py-text-stats');
     await d.client.rpc.sendRequest(Methods.buildTemplate, { agentDir });
     const sb = track(await Sandbox.create('py-text-stats'));
@@ -365,7 +393,7 @@ describe('templates', () => {
 });
 
 describe('code interpreter', () => {
-  test('runCode keeps variables across calls, streams stdout, returns results and errors with tracebacks', async () => {
+  test('runCode keeps variables across calls, streams stdout, returns results and errors with tracebacks', { timeout: T }, async () => {
     const sb = track(await CodeSandbox.create());
     const a = await sb.runCode('x = 20\nprint("set")');
     assert.deepEqual(a.logs.stdout, ['set\n']);
@@ -381,7 +409,19 @@ describe('code interpreter', () => {
     assert.deepEqual(c.logs.stdout, ['/tmp\n']);
     assert.equal(c.text, 'False', 'a new context has its own state');
     assert.equal((await sb.runCode('x')).text, '20', 'the default context still has x');
+    // a run the client gives up on is interrupted (KeyboardInterrupt), the context lives on
+    await assert.rejects(sb.runCode('import time\nwhile True: time.sleep(0.01)', { timeoutMs: 1500 }), (e: unknown) => e instanceof Error);
+    assert.equal((await sb.runCode('x + 1')).text, '21', 'the interrupted context kept its state');
     await assert.rejects(sb.runCode('1', { language: 'r' }), (e: unknown) => e instanceof Error);
+    const ids = (await sb.listCodeContexts()).map((c) => c.id);
+    assert.ok(ids.includes(ctx.id) && ids.includes('default'), JSON.stringify(ids));
+    await sb.runCode('y = 5', { context: ctx });
+    await sb.restartCodeContext(ctx);
+    const lost = await sb.runCode('y', { context: ctx });
+    assert.equal(lost.error?.name, 'NameError', 'a restarted context starts empty');
+    await sb.removeCodeContext(ctx);
+    assert.ok(!(await sb.listCodeContexts()).some((c) => c.id === ctx.id));
+    await assert.rejects(sb.runCode('1', { context: ctx }), (e: unknown) => e instanceof Error);
   });
 });
 
@@ -394,7 +434,7 @@ describe('code interpreter charts', () => {
       return false;
     }
   })();
-  test('a matplotlib figure comes back as a png result', { skip: hasMpl ? false : 'python3-matplotlib is not installed (apt-get install python3-matplotlib)' }, async () => {
+  test('a matplotlib figure comes back as a png result', { timeout: T, skip: hasMpl ? false : 'python3-matplotlib is not installed (apt-get install python3-matplotlib)' }, async () => {
     const sb = track(await CodeSandbox.create());
     const r = await sb.runCode('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title("squares")\nprint("plotted")', { timeoutMs: 120_000 });
     assert.equal(r.error, undefined, String(r.error?.traceback));
@@ -406,7 +446,7 @@ describe('code interpreter charts', () => {
 });
 
 describe('security', () => {
-  test('wrong API key, browser Origin, forged sandbox id, missing token, unknown sandbox: refused', async () => {
+  test('wrong API key, browser Origin, forged sandbox id, missing token, unknown sandbox: refused', { timeout: T }, async () => {
     await assert.rejects(Sandbox.create({ apiKey: `e2b_${'0'.repeat(40)}` }), AuthenticationError);
     await assert.rejects(Sandbox.list({ apiKey: `e2b_${'1'.repeat(40)}` }).nextItems(), AuthenticationError);
     const a = track(await Sandbox.create());
@@ -432,7 +472,7 @@ describe('security', () => {
     await assert.rejects(forgedSb.files.read('/home/agent/b-only.txt'), (e: unknown) => e instanceof AuthenticationError || e instanceof SandboxError);
   });
 
-  test('client-chosen envs never reach the root helper on the host (LD_PRELOAD of a host library)', async () => {
+  test('client-chosen envs never reach the root helper on the host (LD_PRELOAD of a host library)', { timeout: T }, async () => {
     const tag = crypto.randomBytes(4).toString('hex');
     const marker = `/tmp/trenv-e2b-preloaded-${tag}`;
     const src = `/tmp/trenv-e2b-preload-${tag}.c`;
@@ -465,7 +505,7 @@ describe('security', () => {
 });
 
 describe('older SDK', () => {
-  test('e2b 2.14 (npm alias e2b-old): create, run, files, list, kill', async () => {
+  test('e2b 2.14 (npm alias e2b-old): create, run, files, list, kill', { timeout: T }, async () => {
     const sb = await E2BOld.Sandbox.create();
     try {
       const r = await sb.commands.run('echo old-sdk; id -u');
