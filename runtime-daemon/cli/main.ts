@@ -330,7 +330,7 @@ async function main(argv: string[]): Promise<number> {
         }
         out(f.invocationRows(list));
         out('');
-        out(f.table(sbs.map((s) => [s.id, s.state, s.poolKey, String(s.uses), f.kb(s.memory?.pssKb)]), ['SANDBOX', 'STATE', 'POOL KEY', 'USES', 'PSS']));
+        out(f.table(sbs.map((s) => [s.id, s.state, s.agent ?? '-', s.poolKey, String(s.uses), f.kb(s.memory?.pssKb)]), ['SANDBOX', 'STATE', 'AGENT', 'POOL KEY', 'USES', 'PSS']));
         return 0;
       });
     case 'logs':

@@ -345,6 +345,10 @@ describe('lifecycle', () => {
     assert.ok(mine, JSON.stringify(listed.map((s) => s.agent)));
     assert.equal(mine.state, 'busy');
     assert.ok(mine.memory && mine.memory.rssKb >= 0);
+    const ps = execFileSync(process.execPath, [path.join(ROOT, 'dist/trenv.js'), '--state-dir', d.stateDir, 'ps'], { encoding: 'utf8' });
+    const rows = ps.split('\n').filter((l) => l.includes(sb.sandboxId));
+    assert.equal(rows.length, 2, `trenv ps shows its record and its sandbox:\n${ps}`);
+    assert.ok(rows.some((l) => l.includes(mine.id) && l.includes('busy')));
     await sb.kill();
     const after = await d.client.rpc.sendRequest(Methods.listSandboxes);
     assert.ok(!after.some((s) => s.agent?.includes(sb.sandboxId)));
@@ -388,6 +392,11 @@ describe('templates', () => {
     assert.match(r.stdout, /main\.py/);
     assert.match(r.stdout, /True\n$/);
     assert.equal((await sb.getInfo()).templateId, 'py-text-stats');
+    assert.equal((await sb.getInfo()).memoryMB, 128, "the agent manifest's memory limit");
+    // the limits hold for E2B commands: 400 MB in a 128 MB sandbox does not work
+    const big = await sb.commands.run('python3 -c "b = bytearray(400 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096]); print(\"allocated\")"').catch((e: unknown) => e);
+    assert.ok(big instanceof CommandExitError, `expected the memory limit to stop it, got ${JSON.stringify(big)}`);
+    assert.doesNotMatch(big.stdout, /allocated/);
     await assert.rejects(Sandbox.create('no-such-template'), (e: unknown) => e instanceof SandboxError && /not found/.test((e as Error).message));
   });
 });
