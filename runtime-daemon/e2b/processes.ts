@@ -50,6 +50,29 @@ export class SandboxProcess extends EventEmitter {
     return !this.end;
   }
 
+  private pauses = 0;
+
+  get outputPaused(): boolean {
+    return this.pauses > 0;
+  }
+
+  /** A follower has too much unsent output: stop reading the command's output until it catches up. */
+  pauseOutput(): void {
+    if (this.pauses++ === 0) {
+      this.child?.stdout?.pause();
+      this.child?.stderr?.pause();
+      (this.pty as { pause?: () => void } | undefined)?.pause?.();
+    }
+  }
+
+  resumeOutput(): void {
+    if (this.pauses > 0 && --this.pauses === 0) {
+      this.child?.stdout?.resume();
+      this.child?.stderr?.resume();
+      (this.pty as { resume?: () => void } | undefined)?.resume?.();
+    }
+  }
+
   emitEvent(e: ProcEvent): void {
     if (e.case === 'end') this.end = e;
     this.emit('event', e);
@@ -272,11 +295,15 @@ export class ProcessTable {
       exited = { code, signal };
       maybeEnd();
       // a background child of the command can keep the pipes open: the command has ended anyway
-      setTimeout(() => {
+      // (but output held back for a slow reader is delivered first)
+      const giveUp = () => {
+        if (p.end) return;
+        if (p.outputPaused) return void setTimeout(giveUp, 200).unref();
         child.stdout?.destroy();
         child.stderr?.destroy();
         finish(code, signal);
-      }, 200).unref();
+      };
+      setTimeout(giveUp, 200).unref();
     });
   }
 
@@ -301,7 +328,23 @@ export class ProcessTable {
  * keepalives every `keepaliveS` seconds, the end, or an Unavailable error when the sandbox ends.
  */
 export async function* follow(p: SandboxProcess, sb: E2bSandbox, signal: AbortSignal, keepaliveS: number): AsyncGenerator<ProcEvent> {
-  const mux = new EventEmitter();
+  // a client that reads slower than the command writes pauses the command's output (pipes fill,
+  // the command blocks) instead of the daemon buffering without bound
+  let holding = false;
+  const mux = Object.assign(new EventEmitter(), {
+    pause: () => {
+      if (!holding) {
+        holding = true;
+        p.pauseOutput();
+      }
+    },
+    resume: () => {
+      if (holding) {
+        holding = false;
+        p.resumeOutput();
+      }
+    },
+  });
   const ac = new AbortController();
   const abort = () => ac.abort();
   signal.addEventListener('abort', abort);
@@ -313,7 +356,7 @@ export async function* follow(p: SandboxProcess, sb: E2bSandbox, signal: AbortSi
   sb.on('paused', paused);
   const ka = setInterval(() => mux.emit('e', { case: 'keepalive', value: {} }), Math.max(1, keepaliveS) * 1000);
   try {
-    const it = on(mux, 'e', { signal: ac.signal });
+    const it = on(mux, 'e', { signal: ac.signal, highWaterMark: 64, lowWaterMark: 16 } as Parameters<typeof on>[2]);
     yield { case: 'start', value: { pid: p.pid } };
     if (p.end) {
       yield p.end;
@@ -331,6 +374,7 @@ export async function* follow(p: SandboxProcess, sb: E2bSandbox, signal: AbortSi
     if ((e as Error).name === 'AbortError') return;
     throw e;
   } finally {
+    mux.resume();
     clearInterval(ka);
     signal.removeEventListener('abort', abort);
     p.off('event', fwd);

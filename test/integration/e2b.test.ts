@@ -85,6 +85,13 @@ describe('commands', () => {
     });
     const envd = await sb.commands.run('echo "$FOO:$PWD"', { envs: { FOO: 'bar' }, cwd: '/tmp' });
     assert.equal(envd.stdout, 'bar:/tmp\n');
+    // a lot of output, fast: every byte arrives, in order (the command waits when the reader lags)
+    let bytes = 0;
+    const many = await sb.commands.run('seq 1 1500000', { onStdout: (x) => void (bytes += x.length) });
+    const expected = execFileSync('seq', ['1', '1500000'], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    assert.equal(many.stdout.length, expected.length);
+    assert.equal(bytes, expected.length);
+    assert.ok(many.stdout === expected, 'same bytes in the same order');
   });
 
   test('background commands: list, kill; stdin; pty', { timeout: T }, async () => {
