@@ -152,6 +152,9 @@ export class E2bServer {
       if (req.headers.origin !== undefined) throw new HttpError(403, 'requests from browsers (with an Origin header) are refused');
       const ra = req.socket.remoteAddress ?? '';
       if (ra !== '127.0.0.1' && ra !== '::1' && ra !== '::ffff:127.0.0.1') throw new HttpError(403, 'loopback clients only');
+      // a page that rebinds its own name to 127.0.0.1 reaches us with its Host: refused
+      const host = (header(req, 'host') ?? '').replace(/:\d+$/, '').toLowerCase();
+      if (host !== '127.0.0.1' && host !== 'localhost' && host !== '[::1]') throw new HttpError(403, `unexpected Host "${host}": use http://127.0.0.1:<port>`);
       const sandboxPort = header(req, 'e2b-sandbox-port');
       if (sandboxPort !== undefined) return await this.sandboxTraffic(req, res, sandboxPort);
       return await this.controlPlane(req, res);

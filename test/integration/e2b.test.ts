@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import * as E2B from 'e2b';
 import * as E2BOld from 'e2b-old';
@@ -428,7 +429,8 @@ describe('code interpreter', () => {
     // a run the client gives up on is interrupted (KeyboardInterrupt), the context lives on
     await assert.rejects(sb.runCode('import time\nwhile True: time.sleep(0.01)', { timeoutMs: 1500 }), (e: unknown) => e instanceof Error);
     assert.equal((await sb.runCode('x + 1')).text, '21', 'the interrupted context kept its state');
-    await assert.rejects(sb.runCode('1', { language: 'r' }), (e: unknown) => e instanceof Error);
+    // (requestTimeoutMs: the SDK leaves this timer running when a call fails; a short one lets the test process exit)
+    await assert.rejects(sb.runCode('1', { language: 'r', requestTimeoutMs: 5_000 }), (e: unknown) => e instanceof Error);
     const ids = (await sb.listCodeContexts()).map((c) => c.id);
     assert.ok(ids.includes(ctx.id) && ids.includes('default'), JSON.stringify(ids));
     await sb.runCode('y = 5', { context: ctx });
@@ -437,7 +439,7 @@ describe('code interpreter', () => {
     assert.equal(lost.error?.name, 'NameError', 'a restarted context starts empty');
     await sb.removeCodeContext(ctx);
     assert.ok(!(await sb.listCodeContexts()).some((c) => c.id === ctx.id));
-    await assert.rejects(sb.runCode('1', { context: ctx }), (e: unknown) => e instanceof Error);
+    await assert.rejects(sb.runCode('1', { context: ctx, requestTimeoutMs: 5_000 }), (e: unknown) => e instanceof Error);
   });
 });
 
@@ -482,6 +484,17 @@ describe('security', () => {
     assert.equal(rpc.status, 401);
     const origin = await fetch(`${env.E2B_API_URL}/v2/sandboxes`, { headers: { 'x-api-key': env.E2B_API_KEY, origin: 'https://evil.example' } });
     assert.equal(origin.status, 403);
+    // DNS rebinding: the request arrives on 127.0.0.1 but names another host
+    const rebound = await new Promise<number>((resolve, reject) => {
+      const u = new URL(env.E2B_API_URL);
+      http
+        .get({ host: '127.0.0.1', port: u.port, path: '/v2/sandboxes', headers: { host: `evil.example:${u.port}`, 'x-api-key': env.E2B_API_KEY } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on('error', reject);
+    });
+    assert.equal(rebound, 403);
     // through the SDK: a handle with a forged token cannot run anything
     const forgedSb = new (Sandbox as unknown as new (o: object) => E2B.Sandbox)({ sandboxId: b.sandboxId, envdAccessToken: accessToken(a), envdVersion: '0.5.7' });
     await assert.rejects(forgedSb.commands.run('echo no'), (e: unknown) => e instanceof AuthenticationError || e instanceof SandboxError);
