@@ -90,6 +90,7 @@ export interface CreateParams {
   metadata?: unknown;
   envVars?: unknown;
   autoPause?: unknown;
+  allow_internet_access?: unknown;
 }
 
 export interface SandboxesDeps {
@@ -153,7 +154,13 @@ export class E2bSandboxes extends EventEmitter {
     const timeout = timeoutSeconds(p.timeout, 300);
     const metadata = strRecord(p.metadata, 'metadata');
     const envs = strRecord(p.envVars, 'envVars');
-    const { spec, appDir, alias } = this.resolveTemplate(templateId);
+    const t = this.resolveTemplate(templateId);
+    const { appDir, alias } = t;
+    // built-in templates have no network unless asked (allow_internet_access: true → slirp egress);
+    // an agent template keeps its manifest's choice, which a request can only narrow
+    const spec: SandboxSpec = { ...t.spec };
+    if (p.allow_internet_access === true && BUILTIN_TEMPLATES.includes(templateId)) spec.network = 'egress';
+    if (p.allow_internet_access === false) spec.network = 'none';
     // trenv extension for comparisons: metadata {"trenv.start": "cold"} = new namespaces, cgroup and
     // mounts for this sandbox, destroyed at its end (what a start without the pool costs)
     const cold = opts.fresh === true || metadata['trenv.start'] === 'cold';

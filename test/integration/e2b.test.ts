@@ -95,6 +95,16 @@ describe('commands', () => {
     assert.ok(many.stdout === expected, 'same bytes in the same order');
   });
 
+  test('allowInternetAccess: a base sandbox with the slirp network (off by default)', { timeout: T }, async () => {
+    const off = track(await Sandbox.create());
+    assert.equal((await off.getInfo()).allowInternetAccess, false);
+    const ifaces = async (sb: E2B.Sandbox) => (await sb.commands.run("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '")).stdout.trim().split('\n').sort();
+    assert.deepEqual(await ifaces(off), ['lo']);
+    const on = track(await Sandbox.create({ allowInternetAccess: true }));
+    assert.equal((await on.getInfo()).allowInternetAccess, true);
+    assert.deepEqual(await ifaces(on), ['lo', 'tap0']);
+  });
+
   test('background commands: list, kill; stdin; pty', { timeout: T }, async () => {
     const sb = track(await Sandbox.create({ envs: { SANDBOX_WIDE: 'yes' } }));
     const bg = await sb.commands.run('echo started; sleep 1000', { background: true });
