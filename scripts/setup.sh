@@ -13,9 +13,10 @@ fi
 
 # ---- Debian packages
 # runtime: compilers for the native helpers, the agents' interpreters and their Debian libraries,
-# user-mode networking, debugpy; bench baselines: runc; webview/e2e tests: chromium
+# user-mode networking, debugpy; bench baselines: runc; webview/e2e tests: chromium; E2B code
+# interpreter charts: matplotlib
 APT_PACKAGES=(gcc make libc6-dev python3 python3-debugpy python3-pyaes python3-jinja2 python3-pil
-  slirp4netns iproute2 procps util-linux ca-certificates runc chromium)
+  slirp4netns iproute2 procps util-linux ca-certificates runc chromium python3-matplotlib)
 source scripts/apt-ensure.sh # (the script has cd'd to the repo root)
 apt_ensure "${APT_PACKAGES[@]}"
 

@@ -16,6 +16,7 @@ import { packageRoot, readInfo, StatePaths, stateDirFromEnv } from '../daemon/st
 import { connect, DaemonNotRunningError } from './client';
 import * as f from './format';
 import { runDemo } from './demo';
+import { e2bPaths, E2bInfoFile } from '../e2b/paths';
 
 export class UsageError extends Error {}
 
@@ -33,6 +34,7 @@ const USAGE = `usage: trenv <command> [options]
   stats [--json]                           memory of live sandboxes
   validate <agent-dir>                     check a trenv.json
   demo                                     start the daemon, invoke every example, show traces and memory
+  e2b env                                  print the E2B SDK settings of this daemon (eval "$(trenv e2b env)")
 
   --state-dir DIR   daemon state dir (default $TRENV_STATE_DIR or /var/lib/trenv)`;
 
@@ -47,6 +49,26 @@ async function withDaemon<T>(stateDir: string, fn: (rpc: MessageConnection) => P
   } finally {
     c.close();
   }
+}
+
+/** `export` lines for the E2B SDKs (JS and Python read the same variables). */
+function e2bEnv(stateDir: string): string {
+  const paths = new StatePaths(stateDir);
+  if (!readInfo(paths)) throw new DaemonNotRunningError(`no trenv daemon runs with state dir ${stateDir}: start it with sudo trenv daemon start`);
+  const p = e2bPaths(stateDir);
+  let info: E2bInfoFile;
+  try {
+    info = JSON.parse(fs.readFileSync(p.info, 'utf8')) as E2bInfoFile;
+  } catch {
+    throw new Error(`the daemon has no E2B API listener (see its log: the port may be taken; set TRENV_E2B_PORT and restart it)`);
+  }
+  let key: string;
+  try {
+    key = fs.readFileSync(info.apiKeyFile, 'utf8').trim();
+  } catch (e) {
+    throw new Error(`cannot read the E2B API key ${info.apiKeyFile} (${(e as NodeJS.ErrnoException).code}): it belongs to the user who started the daemon; run this as that user or with sudo`);
+  }
+  return `export E2B_API_KEY=${key} E2B_API_URL=${info.apiUrl} E2B_SANDBOX_URL=${info.apiUrl}`;
 }
 
 function parseEvent(v: string | undefined): unknown {
@@ -308,7 +330,7 @@ async function main(argv: string[]): Promise<number> {
         }
         out(f.invocationRows(list));
         out('');
-        out(f.table(sbs.map((s) => [s.id, s.state, s.poolKey, String(s.uses), f.kb(s.memory?.pssKb)]), ['SANDBOX', 'STATE', 'POOL KEY', 'USES', 'PSS']));
+        out(f.table(sbs.map((s) => [s.id, s.state, s.agent ?? '-', s.poolKey, String(s.uses), f.kb(s.memory?.pssKb)]), ['SANDBOX', 'STATE', 'AGENT', 'POOL KEY', 'USES', 'PSS']));
         return 0;
       });
     case 'logs':
@@ -348,6 +370,10 @@ async function main(argv: string[]): Promise<number> {
       });
     case 'demo':
       return runDemo(stateDir);
+    case 'e2b':
+      if (sub !== 'env') throw new UsageError('usage: trenv e2b env');
+      out(e2bEnv(stateDir));
+      return 0;
     default:
       void rest;
       throw new UsageError(`unknown command "${cmd}"\n\n${USAGE}`);

@@ -23,7 +23,7 @@ import {
 } from '../protocol/messages';
 import { AgentNotFoundError, ManifestError, checkManifestText } from '../manifest/manifest';
 import { addSamples, emptySample, readRollup, sampleProcesses } from '../metrics/smaps';
-import { RecordStore } from '../records/store';
+import { RecordStore, summarize } from '../records/store';
 import { ContainerDriver } from '../sandbox/container';
 import { DEFAULT_POOL, SandboxPool } from '../sandbox/pool';
 import { ClientConnection, DaemonServer, paramsError } from '../server/server';
@@ -37,13 +37,16 @@ import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
 import { mmTemplateStatus } from '../template/mmTemplate';
-import { acquireLock, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
+import { acquireLock, clientOwner, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
+import { E2bService, e2bPortFrom } from '../e2b/service';
 
 export const VERSION = '0.1.0';
 
 export interface DaemonOptions {
   stateDir: string;
   port: number;
+  /** E2B-compatible API port (default $TRENV_E2B_PORT or 49982; 0 = any free port) */
+  e2bPort?: number;
   log?: (msg: string) => void;
 }
 
@@ -66,6 +69,7 @@ export class Daemon {
   private templates!: TemplateManager;
   private vmPool: VmPool | undefined;
   private browser: BrowserBroker | undefined;
+  private e2b: E2bService | undefined;
   private vmTemplates: VmTemplateManager | undefined;
   private nativeDir = '';
   private server!: DaemonServer;
@@ -168,6 +172,41 @@ export class Daemon {
         const { event: _e, result: _r, ...summary } = r;
         this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summary));
       });
+
+      this.e2b = new E2bService({
+        stateDir: this.paths.root,
+        instanceId: this.paths.instanceId,
+        pool: this.pool,
+        emptyApp: this.paths.emptyApp,
+        enterPath: path.join(this.nativeDir, 'trenv-enter'),
+        templates: () => this.templates.list(),
+        owner: clientOwner(),
+        log: this.log,
+        records: {
+          create: (r) => {
+            this.store.create(r);
+            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+          },
+          update: (r) => {
+            this.store.update(r);
+            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+          },
+          log: (l) => {
+            this.store.append(l.invocationId, 'logs', l);
+            this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l));
+          },
+          memory: (id, sample) => {
+            this.store.append(id, 'memory', sample);
+            this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample }));
+          },
+          span: (s) => {
+            this.store.append(s.invocationId, 'trace', s);
+            this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s));
+          },
+        },
+      });
+      this.e2b.sandboxes.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      await this.e2b.start(e2bPortFrom(this.o.e2bPort));
 
       const token = writeToken(this.paths);
       this.server = new DaemonServer({
@@ -293,6 +332,7 @@ export class Daemon {
         template: vm.template,
         memory: sampleProcesses([vm.pid]),
       }));
+    const e2b = this.e2b?.sandboxes.containerIds() ?? new Map();
     return vms.concat(this.pool.list().map((sb) => ({
       id: sb.id,
       kind: 'container',
@@ -301,7 +341,10 @@ export class Daemon {
       hostPid: sb.initPid,
       uses: sb.uses,
       createdAt: sb.createdAt,
-      agent: sb.appDir ? path.basename(sb.appDir) : undefined,
+      // an E2B sandbox holds this container: show its id and template (and whether it is paused)
+      agent: e2b.has(sb.id)
+        ? `e2b ${e2b.get(sb.id)!.id} (${e2b.get(sb.id)!.templateId}${e2b.get(sb.id)!.state === 'paused' ? ', paused' : ''})`
+        : sb.appDir ? path.basename(sb.appDir) : undefined,
       template: sb.lastTemplate,
       memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
     })));
@@ -360,7 +403,8 @@ export class Daemon {
     });
     rpc.onRequest(Methods.kill, (p: { id: string }) => {
       if (!isObject(p) || typeof p.id !== 'string') throw paramsError('"id" is required');
-      return { killed: this.invoker.kill(this.store.resolve(p.id) ?? p.id) };
+      const id = this.store.resolve(p.id) ?? p.id;
+      return { killed: this.invoker.kill(id) || (this.e2b?.killByRecord(id) ?? false) };
     });
     rpc.onRequest(Methods.listInvocations, (p: { limit?: number }) => this.store.list(isObject(p) && typeof p.limit === 'number' ? p.limit : 100));
     rpc.onRequest(Methods.getInvocation, (p: { id: string }) => {
@@ -494,6 +538,7 @@ export class Daemon {
         const until = Date.now() + 3000;
         while (this.invoker.runningCount() > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
       }
+      await this.e2b?.stop();
       await this.pool?.close();
       await this.vmPool?.closeAll();
       await this.browser?.stop();

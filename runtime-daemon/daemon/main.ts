@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * trenvd entry: `trenvd [--state-dir DIR] [--port N]`. Runs in the foreground; `trenv daemon start`
+ * trenvd entry: `trenvd [--state-dir DIR] [--port N] [--e2b-port N]`. Runs in the foreground; `trenv daemon start`
  * starts it in the background. SIGTERM/SIGINT stop it cleanly.
  */
 import { AlreadyRunningError, stateDirFromEnv } from './state';
@@ -14,7 +14,8 @@ function arg(name: string): string | undefined {
 async function main(): Promise<void> {
   const stateDir = stateDirFromEnv(arg('--state-dir'));
   const port = Number(arg('--port') ?? process.env.TRENV_PORT ?? 0);
-  const daemon = new Daemon({ stateDir, port });
+  const e2bPort = arg('--e2b-port');
+  const daemon = new Daemon({ stateDir, port, e2bPort: e2bPort === undefined ? undefined : Number(e2bPort) });
   daemon.onStopped = () => process.exit(0);
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void daemon.stop());
   // a rejected promise nobody awaited is a bug to log, not a reason to stop serving

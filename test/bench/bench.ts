@@ -9,6 +9,7 @@ import { benchVm } from './vm';
 import { benchBrowser } from './browser';
 import { benchKsm } from './ksm';
 import { benchKmod } from './kmod';
+import { benchE2b } from './e2b';
 import { MetricRow, writeLatest } from './results';
 
 const PARTS: Record<string, () => Promise<MetricRow[]>> = {
@@ -19,6 +20,7 @@ const PARTS: Record<string, () => Promise<MetricRow[]>> = {
   browser: () => benchBrowser(),
   ksm: () => benchKsm(),
   kmod: () => benchKmod(),
+  e2b: () => benchE2b(),
 };
 
 async function main(): Promise<void> {
