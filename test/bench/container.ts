@@ -67,7 +67,13 @@ export async function benchContainer(opts: { n?: number } = {}): Promise<MetricR
   const llmMod = await import(pathToFileURL(path.resolve(__dirname, '../../../test/fixtures/llm-server.mjs')).href);
   const llm = await llmMod.startLlmServer({ port: 0 });
   try {
-    const agents = fs.readdirSync(EXAMPLES).map((x) => path.join(EXAMPLES, x)).filter((x) => fs.existsSync(path.join(x, 'trenv.json'))).sort();
+    // the example agents, without those that drive the shared browser (Chromium's page loads are
+    // not what this part measures; the browser part does)
+    const agents = fs
+      .readdirSync(EXAMPLES)
+      .map((x) => path.join(EXAMPLES, x))
+      .filter((x) => fs.existsSync(path.join(x, 'trenv.json')) && !JSON.parse(fs.readFileSync(path.join(x, 'trenv.json'), 'utf8')).browser)
+      .sort();
     const env = { OPENAI_BASE_URL: `http://10.0.2.2:${llm.port}/v1` };
     const arrivals = burstyArrivals(n, 2019);
     const conc = 4;

@@ -2,10 +2,11 @@
  * KSM part (optional sharing for CRIU-restored Node instances, TRENV_KSM=1): 16 live instances of
  * the node-hold template, restored by CRIU into repurposed sandboxes with their memory marked
  * mergeable. Side by side in one run: their total PSS right after all 16 run (private copies: what
- * CRIU gives) and after ksmd has merged their equal pages; the delay until it has (90% of the
- * final saving) and ksmd's CPU time for it. ksmd scans TRENV_KSM_PAGES_TO_SCAN pages per 20 ms
+ * CRIU gives; ksmd is held back until then) and after ksmd has merged their equal pages; the delay
+ * from ksmd's start until it has (90% of the final saving) and ksmd's CPU time for it. ksmd scans TRENV_KSM_PAGES_TO_SCAN pages per 20 ms
  * (the bench sets 1000; the kernel's default is 100).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Methods } from '../../runtime-daemon/protocol/messages';
 import { ksmCounters, ksmdCpuMs } from '../../runtime-daemon/template/ksm';
@@ -23,6 +24,9 @@ export async function benchKsm(): Promise<MetricRow[]> {
   delete process.env.TRENV_KSM;
   try {
     await d.client.rpc.sendRequest(Methods.configurePool, { maxIdle: N + 4 });
+    // the daemon switched ksmd on; pause it while the instances start so the first sample shows
+    // their private copies (they are marked mergeable either way; the daemon puts ksmd back)
+    fs.writeFileSync('/sys/kernel/mm/ksm/run', '0');
     const t = await d.client.rpc.sendRequest(Methods.buildTemplate, { agentDir: AGENT });
     if (t.kind !== 'criu') throw new Error(`node-hold has a ${t.kind} template, not a CRIU one`);
     const memory = async () => {
@@ -39,6 +43,8 @@ export async function benchKsm(): Promise<MetricRow[]> {
     if (m.instances < N) throw new Error(`only ${m.instances} of ${N} instances ran`);
     await new Promise((r) => setTimeout(r, 500)); // every handler past its first work
     const before = await memory();
+    // ksmd was paused until now (see below), so `before` is the private-copy state
+    fs.writeFileSync('/sys/kernel/mm/ksm/run', '1');
     const t0 = Date.now();
     const k0 = ksmCounters();
     const cpu0 = ksmdCpuMs();

@@ -149,6 +149,12 @@ class Runner {
     }
     await new Promise((r) => setTimeout(r, 300)); // settle: every handler past its imports
     m = system === 'runc' ? runcMemory() : await this.daemonMemory(system, a);
+    if (system !== 'runc') {
+      // measured: end the holds now instead of waiting them out
+      for (const r of await this.d.client.rpc.sendRequest(Methods.listInvocations, { limit: n * 2 })) {
+        if (r.state === 'running' && r.agent === a.name) await this.d.client.rpc.sendRequest(Methods.kill, { id: r.id }).catch(() => undefined);
+      }
+    }
     await Promise.all(running);
     return m;
   }
