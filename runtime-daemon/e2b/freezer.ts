@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { removeGroupDir } from '../sandbox/cgroup';
 
 const V1_ROOT = '/sys/fs/cgroup/freezer';
 
@@ -81,25 +82,7 @@ export class Freezer {
   /** Removes the group once its processes are gone (they were killed with the sandbox). */
   remove(id: string): void {
     if (!this.base) return;
-    const dir = path.join(this.base, id);
     this.thaw(id);
-    for (let i = 0; i < 100; i++) {
-      try {
-        fs.rmdirSync(dir);
-        return;
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') return;
-        if (code !== 'EBUSY') throw e;
-        for (const p of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
-          try {
-            process.kill(Number(p), 'SIGKILL');
-          } catch {
-            /* gone */
-          }
-        }
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-      }
-    }
+    removeGroupDir(path.join(this.base, id));
   }
 }

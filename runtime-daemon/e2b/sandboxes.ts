@@ -281,7 +281,11 @@ export class E2bSandboxes extends EventEmitter {
     // frozen tasks cannot die: thaw first, then the pool's clean kills everything in the sandbox
     if (wasPaused || this.d.freezer.has(sb.id)) this.d.freezer.thaw(sb.id);
     await this.d.pool.release(sb.container, !this.closed && !sb.cold);
-    this.d.freezer.remove(sb.id);
+    try {
+      this.d.freezer.remove(sb.id);
+    } catch (e) {
+      this.d.log(`e2b: removing the freezer group of ${sb.id}: ${(e as Error).message}`);
+    }
     this.d.log(`e2b: sandbox ${sb.id} ended (${why})`);
     this.emit('ended', sb, why);
     this.emit('changed');

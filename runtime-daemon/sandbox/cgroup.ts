@@ -167,7 +167,8 @@ export class SandboxCgroup {
   }
 }
 
-function removeGroupDir(dir: string): void {
+/** rmdir of a cgroup dir, killing what is left in it while it stays busy (tasks still exiting). */
+export function removeGroupDir(dir: string): void {
   for (let i = 0; i < 50; i++) {
     try {
       fs.rmdirSync(dir);
