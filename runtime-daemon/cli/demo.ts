@@ -12,9 +12,12 @@ import { connect } from './client';
 import * as f from './format';
 import { daemonStart } from './main';
 
+/** Where the demo's local web pages are served (the browser example's default event names 18089). */
+let webOrigin = 'http://127.0.0.1:18089';
+
 function eventFor(dir: string): unknown {
   const p = path.join(dir, '.trenv', 'events', 'default.json');
-  return fs.existsSync(p) ? JSON.parse(fs.readFileSync(p, 'utf8')) : {};
+  return fs.existsSync(p) ? JSON.parse(fs.readFileSync(p, 'utf8').split('http://127.0.0.1:18089').join(webOrigin)) : {};
 }
 
 function brief(v: unknown): string {
@@ -75,7 +78,14 @@ export async function runDemo(stateDir: string): Promise<number> {
     startLlmServer(o: { port?: number }): Promise<{ port: number; close(): Promise<void> | void }>;
   };
   const server = await llm.startLlmServer({ port: 0 });
-  process.stdout.write(`local OpenAI-compatible test server on 127.0.0.1:${server.port} (sandboxes reach it as 10.0.2.2:${server.port})\n\n`);
+  process.stdout.write(`local OpenAI-compatible test server on 127.0.0.1:${server.port} (sandboxes reach it as 10.0.2.2:${server.port})\n`);
+  // product pages for the browser example (the shared Chromium runs on the host and loads them)
+  const webMod = (await import(pathToFileURL(path.join(root, 'test/fixtures/web-server.mjs')).href)) as {
+    startWebServer(o: { port?: number }): Promise<{ url: string; close(): Promise<void> | void }>;
+  };
+  const web = await webMod.startWebServer({ port: 18089 }).catch(() => webMod.startWebServer({ port: 0 }));
+  webOrigin = web.url;
+  process.stdout.write(`local product pages for the browser example on ${web.url}\n\n`);
   const c = await connect(stateDir);
   let failures = 0;
   try {
@@ -152,6 +162,7 @@ export async function runDemo(stateDir: string): Promise<number> {
   } finally {
     c.close();
     await server.close();
+    await web.close();
   }
   if (failures) process.stdout.write(f.red(`\n${failures} invocation(s) did not succeed`) + '\n');
   return failures ? 1 : 0;
