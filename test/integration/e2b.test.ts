@@ -543,6 +543,35 @@ describe('security', () => {
   });
 });
 
+describe('limits', () => {
+  test('at most TRENV_E2B_MAX_SANDBOXES alive: one more is the SDK\'s RateLimitError; a kill makes room', { timeout: T }, async () => {
+    const saved = { ...process.env };
+    process.env.TRENV_E2B_MAX_SANDBOXES = '2';
+    const d2 = await startDaemon();
+    delete process.env.TRENV_E2B_MAX_SANDBOXES;
+    try {
+      const out = execFileSync(process.execPath, [path.join(ROOT, 'dist/trenv.js'), '--state-dir', d2.stateDir, 'e2b', 'env'], { encoding: 'utf8' });
+      Object.assign(process.env, Object.fromEntries([...out.matchAll(/(E2B_[A-Z_]+)=(\S+)/g)].map((m) => [m[1], m[2]])));
+      const a = await Sandbox.create();
+      const b = await Sandbox.create();
+      await assert.rejects(Sandbox.create(), (e: Error) => {
+        assert.equal(e.name, 'RateLimitError', `${e.name}: ${e.message}`);
+        assert.match(e.message, /2 E2B sandboxes are alive/);
+        return true;
+      });
+      await a.kill();
+      const c = await Sandbox.create();
+      assert.equal((await c.commands.run('echo ok')).stdout, 'ok\n');
+      await b.kill();
+      await c.kill();
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+      await d2.stop();
+    }
+  });
+});
+
 describe('older SDK', () => {
   test('e2b 2.14 (npm alias e2b-old): create, run, files, list, kill', { timeout: T }, async () => {
     const sb = await E2BOld.Sandbox.create();
