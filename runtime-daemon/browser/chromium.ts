@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { readRollup } from '../metrics/smaps';
+import { procStatFields, readRollup } from '../metrics/smaps';
 
 export const CHROMIUM = process.env.TRENV_CHROMIUM ?? '/usr/bin/chromium';
 
@@ -91,15 +91,12 @@ export class Chromium extends EventEmitter {
     const children = new Map<number, number[]>();
     for (const p of fs.readdirSync('/proc')) {
       if (!/^\d+$/.test(p)) continue;
-      try {
-        const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-        const list = children.get(ppid) ?? [];
-        list.push(Number(p));
-        children.set(ppid, list);
-      } catch {
-        /* gone */
-      }
+      const f = procStatFields(p);
+      if (!f) continue; // gone
+      const ppid = Number(f[1]);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(p));
+      children.set(ppid, list);
     }
     const out: number[] = [];
     const walk = (pid: number) => {

@@ -2,7 +2,6 @@
  * trenvd: composes the state dir, records, sandbox driver + pool, invoker and server, and serves
  * the `trenv/...` protocol. One daemon per state dir. Needs root (namespaces, cgroups, mounts).
  */
-import { KsmControl } from '../template/ksm';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ResponseError } from 'vscode-jsonrpc/node';
@@ -10,7 +9,10 @@ import {
   DaemonStatus,
   Diagnostic,
   ErrorCodes,
+  InvocationRecord,
   InvokeParams,
+  LogLine,
+  MemorySample,
   Methods,
   Notifications,
   PROTOCOL_VERSION,
@@ -20,6 +22,7 @@ import {
   BrowserFrame,
   SubscribeParams,
   Topic,
+  TraceSpan,
 } from '../protocol/messages';
 import { AgentNotFoundError, ManifestError, checkManifestText } from '../manifest/manifest';
 import { addSamples, emptySample, readRollup, sampleProcesses } from '../metrics/smaps';
@@ -36,9 +39,11 @@ import { VmTemplateManager } from '../template/vmTemplates';
 import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
+import { KsmControl } from '../template/ksm';
 import { mmTemplateStatus } from '../template/mmTemplate';
 import { acquireLock, clientOwner, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
 import { E2bService, e2bPortFrom } from '../e2b/service';
+import type { E2bSandbox } from '../e2b/sandboxes';
 
 export const VERSION = '0.1.0';
 
@@ -125,7 +130,7 @@ export class Daemon {
         if (sb.lastZygote && fs.existsSync(sb.lastZygote)) this.driver.prepare(sb, sb.lastZygote);
       };
       this.driver.native.on('prepareError', (sbx: string, msg: string) => this.log(`prepare ${sbx}: ${msg}`));
-      this.pool.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      this.pool.on('changed', this.publishSandboxes);
       this.pool.start();
 
       // Node templates are CRIU checkpoints made in a dedicated sandbox (not from the pool: it is
@@ -164,14 +169,19 @@ export class Daemon {
         release: (id) => broker.release(id),
         downloadsDir: (id) => broker.downloadsDir(id),
       });
+      // subscribers hear of records, logs, spans and memory the same way whoever made them
+      // (the invoker stores its own; E2B sandboxes are stored here, below)
+      const publish = {
+        record: (r: InvocationRecord) => this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r))),
+        log: (l: LogLine) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)),
+        span: (sp: TraceSpan) => this.notify('trace', sp.invocationId, (c) => c.rpc.sendNotification(Notifications.span, sp)),
+        memory: (id: string, sample: MemorySample) => this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })),
+      };
       this.invoker.on('debugReady', (r) => this.notify('invocations', r.invocationId, (c) => c.rpc.sendNotification(Notifications.debugReady, r)));
-      this.invoker.on('log', (l) => this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l)));
-      this.invoker.on('span', (s) => this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s)));
-      this.invoker.on('memory', (id, sample) => this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample })));
-      this.invoker.on('invocation', (r) => {
-        const { event: _e, result: _r, ...summary } = r;
-        this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summary));
-      });
+      this.invoker.on('log', publish.log);
+      this.invoker.on('span', publish.span);
+      this.invoker.on('memory', publish.memory);
+      this.invoker.on('invocation', publish.record);
 
       this.e2b = new E2bService({
         stateDir: this.paths.root,
@@ -185,27 +195,27 @@ export class Daemon {
         records: {
           create: (r) => {
             this.store.create(r);
-            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+            publish.record(r);
           },
           update: (r) => {
             this.store.update(r);
-            this.notify('invocations', r.id, (c) => c.rpc.sendNotification(Notifications.invocation, summarize(r)));
+            publish.record(r);
           },
           log: (l) => {
             this.store.append(l.invocationId, 'logs', l);
-            this.notify('logs', l.invocationId, (c) => c.rpc.sendNotification(Notifications.log, l));
+            publish.log(l);
           },
           memory: (id, sample) => {
             this.store.append(id, 'memory', sample);
-            this.notify('memory', id, (c) => c.rpc.sendNotification(Notifications.memory, { invocationId: id, sample }));
+            publish.memory(id, sample);
           },
-          span: (s) => {
-            this.store.append(s.invocationId, 'trace', s);
-            this.notify('trace', s.invocationId, (c) => c.rpc.sendNotification(Notifications.span, s));
+          span: (sp) => {
+            this.store.append(sp.invocationId, 'trace', sp);
+            publish.span(sp);
           },
         },
       });
-      this.e2b.sandboxes.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+      this.e2b.sandboxes.on('changed', this.publishSandboxes);
       await this.e2b.start(e2bPortFrom(this.o.e2bPort));
 
       const token = writeToken(this.paths);
@@ -254,7 +264,7 @@ export class Daemon {
     this.vmTemplates = new VmTemplateManager(path.join(this.paths.root, 'vm-templates'), vmsDir, getImage, getAccel);
     this.vmPool = new VmPool(vmsDir, getImage, getAccel, undefined, this.log);
     this.vmTemplates.on('removed', (name: string) => void this.vmPool?.drop(name));
-    this.vmPool.on('changed', () => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos())));
+    this.vmPool.on('changed', this.publishSandboxes);
   }
 
   private vmTemplateInfos(): TemplateInfo[] {
@@ -318,6 +328,14 @@ export class Daemon {
     this.subs.set(c, list);
   }
 
+  private readonly publishSandboxes = (): void => this.notify('sandboxes', undefined, (c) => c.rpc.sendNotification(Notifications.sandboxes, this.sandboxInfos()));
+
+  /** What the Sandboxes tree shows a container as: the E2B sandbox holding it, or its agent. */
+  private containerLabel(appDir: string | undefined, e2b: E2bSandbox | undefined): string | undefined {
+    if (e2b) return `e2b ${e2b.id} (${e2b.templateId}${e2b.state === 'paused' ? ', paused' : ''})`;
+    return appDir ? path.basename(appDir) : undefined;
+  }
+
   private sandboxInfos(): SandboxInfo[] {
     const vms: SandboxInfo[] = [...(this.vmPool?.all ?? [])]
       .filter((vm) => !vm.destroyed && vm.pid > 0)
@@ -341,10 +359,7 @@ export class Daemon {
       hostPid: sb.initPid,
       uses: sb.uses,
       createdAt: sb.createdAt,
-      // an E2B sandbox holds this container: show its id and template (and whether it is paused)
-      agent: e2b.has(sb.id)
-        ? `e2b ${e2b.get(sb.id)!.id} (${e2b.get(sb.id)!.templateId}${e2b.get(sb.id)!.state === 'paused' ? ', paused' : ''})`
-        : sb.appDir ? path.basename(sb.appDir) : undefined,
+      agent: this.containerLabel(sb.appDir, e2b.get(sb.id)),
       template: sb.lastTemplate,
       memory: sampleProcesses(sb.cgroup.pids_(), sb.cgroup.usageBytes()),
     })));

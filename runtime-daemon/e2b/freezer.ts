@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { removeGroupDir } from '../sandbox/cgroup';
+import { removeGroupDir, sleepSync } from '../sandbox/cgroup';
 
 const V1_ROOT = '/sys/fs/cgroup/freezer';
 
@@ -65,7 +65,7 @@ export class Freezer {
     fs.writeFileSync(path.join(dir, 'freezer.state'), 'FROZEN');
     for (let i = 0; i < 100; i++) {
       if (fs.readFileSync(path.join(dir, 'freezer.state'), 'utf8').trim() === 'FROZEN') return;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+      sleepSync(5);
     }
     throw new Error(`the freezer did not freeze sandbox ${id}`);
   }

@@ -5,9 +5,9 @@
  * (node-pty) when asked. Pids are the daemon's own numbers per sandbox (not the in-sandbox pid).
  */
 import { ChildProcess, spawn } from 'node:child_process';
-import * as fs from 'node:fs';
 import { EventEmitter, on } from 'node:events';
 import { Code, ConnectError } from '@connectrpc/connect';
+import { procStatFields } from '../metrics/smaps';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { E2bSandbox } from './sandboxes';
 
@@ -96,9 +96,7 @@ export function signalSession(leader: number, sig: NodeJS.Signals, sandboxPids: 
   for (const pid of sandboxPids) {
     if (pid === leader) continue;
     try {
-      const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[3]) === leader) process.kill(pid, sig); // field 6: session id
+      if (Number(procStatFields(pid)?.[3]) === leader) process.kill(pid, sig); // field 6: session id
     } catch {
       /* exited */
     }

@@ -50,9 +50,13 @@ export class SandboxRecord {
     }
   }
 
+  private sample(pids = this.sb.container.cgroup.pids_()): MemorySample {
+    return sampleProcesses(pids, this.sb.container.cgroup.usageBytes());
+  }
+
   private state() {
     const pids = this.sb.container.cgroup.pids_();
-    return { processes: pids.length, appDir: this.sb.container.appDir, memory: sampleProcesses(pids, this.sb.container.cgroup.usageBytes()) };
+    return { processes: pids.length, appDir: this.sb.container.appDir, memory: this.sample(pids) };
   }
 
   private span(name: string, start: bigint, end: bigint, attrs?: Record<string, string | number | boolean>, state?: TraceSpan['state']): void {
@@ -89,8 +93,7 @@ export class SandboxRecord {
   }
 
   memory(): void {
-    const s = sampleProcesses(this.sb.container.cgroup.pids_(), this.sb.container.cgroup.usageBytes());
-    this.sink.memory(this.record.id, s);
+    this.sink.memory(this.record.id, this.sample());
   }
 
   note(text: string): void {

@@ -13,6 +13,7 @@ import type { ContainerSandbox, SandboxSpec } from '../sandbox/container';
 import type { SandboxPool } from '../sandbox/pool';
 import type { TemplateInfo } from '../protocol/messages';
 import { loadAgent } from '../manifest/manifest';
+import { procStatFields } from '../metrics/smaps';
 import { Freezer } from './freezer';
 import type { NativeSpan } from '../sandbox/sandboxd';
 import type { SandboxRecord } from './records';
@@ -301,13 +302,8 @@ export class E2bSandboxes extends EventEmitter {
 export function cpuTicks(pids: number[]): number {
   let t = 0;
   for (const p of pids) {
-    try {
-      const s = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      t += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* exited */
-    }
+    const f = procStatFields(p);
+    if (f) t += Number(f[11]) + Number(f[12]); // else exited
   }
   return t;
 }

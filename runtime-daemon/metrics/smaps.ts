@@ -70,3 +70,17 @@ export function addSamples(a: MemorySample, b: MemorySample): MemorySample {
 export function emptySample(): MemorySample {
   return { t: Date.now(), rssKb: 0, pssKb: 0, sharedKb: 0, privateKb: 0, processes: 0, cgroupBytes: 0 };
 }
+
+/**
+ * The fields of /proc/<pid>/stat after the command name, so index 0 is field 3 (state), 1 ppid,
+ * 3 session, 11 utime, 12 stime (clock ticks); undefined when the process is gone. The name is
+ * cut at the LAST ")": it may itself hold spaces and parentheses.
+ */
+export function procStatFields(pid: number | string): string[] | undefined {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return st.slice(st.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}

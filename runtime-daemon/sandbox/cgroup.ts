@@ -191,7 +191,8 @@ export function removeGroupDir(dir: string): void {
   throw new Error(`cgroup ${dir} stays busy: processes in it could not be killed`);
 }
 
-function sleepSync(ms: number): void {
+/** Blocks this thread for `ms` (short waits on the kernel in synchronous cleanup paths). */
+export function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 

@@ -12,6 +12,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { procStatFields } from '../metrics/smaps';
 
 const KSM = '/sys/kernel/mm/ksm';
 
@@ -43,11 +44,11 @@ export function ksmdCpuMs(): number {
     if (!/^\d+$/.test(p)) continue;
     try {
       if (fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim() !== 'ksmd') continue;
-      const f = fs.readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ');
-      return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, USER_HZ = 100
     } catch {
-      /* gone */
+      continue; // gone
     }
+    const f = procStatFields(p);
+    if (f) return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, USER_HZ = 100
   }
   return NaN;
 }

@@ -12,7 +12,6 @@
  * invoke restores the images into the sandbox the pool gives it (criu.ts restoreInto). A CRIU
  * template is "live" while its images exist: there is no process to keep running or restart.
  */
-import { KsmControl } from './ksm';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,6 +20,7 @@ import type { TemplateInfo } from '../protocol/messages';
 import type { LoadedAgent } from '../manifest/manifest';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import { criuAvailable, dump, launchForCheckpoint, META_FILE as CRIU_META_FILE } from './criu';
+import type { KsmControl } from './ksm';
 import { Zygote } from './zygote';
 
 export type TemplateKind = 'zygote' | 'criu';
@@ -449,14 +449,14 @@ export class TemplateManager {
 }
 
 /** MiB free for unprivileged writers on the file system holding `dir`. */
-function freeMb(dir: string): number {
+export function freeMb(dir: string): number {
   const st = fs.statfsSync(dir);
   return Math.floor((st.bavail * st.bsize) / 2 ** 20);
 }
 
-/** ENOSPC from our own writes, or CRIU reporting it in its output or log. */
-function isDiskFull(e: Error & { code?: string; log?: string }): boolean {
-  return e.code === 'ENOSPC' || /No space left on device|ENOSPC/i.test(`${e.message}\n${e.log ?? ''}`);
+/** ENOSPC from our own writes, or CRIU reporting it (a CriuError's message holds its log tail). */
+function isDiskFull(e: Error & { code?: string }): boolean {
+  return e.code === 'ENOSPC' || /No space left on device|ENOSPC/i.test(e.message);
 }
 
 /**

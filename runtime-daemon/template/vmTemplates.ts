@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { LoadedAgent } from '../manifest/manifest';
 import { Accel, qemuArgs, RootKind, Vm, VmError, VmImage, withTimeout } from '../sandbox/vm';
-import { agentHash } from './templates';
+import { agentHash, freeMb } from './templates';
 
 export const VM_TEMPLATE_FORMAT = 1;
 
@@ -246,11 +246,10 @@ export class VmTemplateManager extends EventEmitter {
     fs.mkdirSync(tmp, { recursive: true, mode: 0o700 });
     // the guest's RAM lands in a file here (a shared file that fills while the guest runs, or
     // the saved state): with too little space QEMU would die of SIGBUS or the save would fail
-    const st = fs.statfsSync(tmp);
-    const freeMb = Math.floor((st.bavail * st.bsize) / 2 ** 20);
-    if (freeMb < k.memoryMb + 32) {
+    const free = freeMb(tmp);
+    if (free < k.memoryMb + 32) {
       fs.rmSync(tmp, { recursive: true, force: true });
-      throw new VmError(`not enough disk space for the VM template ${k.name}: about ${k.memoryMb + 32} MiB needed (guest RAM + device state), ${freeMb} MiB free in ${this.dir}`);
+      throw new VmError(`not enough disk space for the VM template ${k.name}: about ${k.memoryMb + 32} MiB needed (guest RAM + device state), ${free} MiB free in ${this.dir}`);
     }
     const vm = new Vm({
       id: `tb-${crypto.randomBytes(4).toString('hex')}`,
