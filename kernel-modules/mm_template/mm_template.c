@@ -32,6 +32,10 @@
 #include <linux/sched/signal.h>
 #include <linux/pid.h>
 #include <linux/completion.h>
+#include <linux/fs_context.h>
+#include <linux/moduleparam.h>
+#include <linux/kstrtox.h>
+#include <linux/namei.h>
 #include "mm_template.h"
 
 struct mmt_template {
@@ -142,34 +146,25 @@ static const struct vm_operations_struct mmt_vm_ops = {
 	.fault = mmt_vm_fault,
 };
 
-static int mmt_mmap(struct file *file, struct vm_area_struct *vma)
+/*
+ * Make `vma` map template `t` (the caller holds a reference; the VMA takes its own on success).
+ * MMT_MAP_PREFAULT: insert every page table entry now (VM_MIXEDMAP + vm_insert_pages).
+ */
+static int mmt_map_vma(struct mmt_template *t, struct vm_area_struct *vma, u32 flags)
 {
-	struct mmt_fd *f = file->private_data;
 	unsigned long npages = vma_pages(vma);
-	struct mmt_template *t;
-	u32 flags;
 	int ret;
 
-	mutex_lock(&f->lock);
-	t = f->sel;
-	if (t)
-		kref_get(&t->ref);
-	flags = f->flags;
-	mutex_unlock(&f->lock);
-	if (!t)
-		return -ENXIO;	/* nothing selected */
-
-	ret = -EINVAL;
 	if (vma->vm_pgoff >= t->npages || npages > t->npages - vma->vm_pgoff)
-		goto put;
+		return -EINVAL;
 	if (vma->vm_flags & VM_SHARED) {
 		/* a writable shared map would write into the template every mapper sees */
-		ret = -EACCES;
 		if (vma->vm_flags & VM_WRITE)
-			goto put;
+			return -EACCES;
 		vma->vm_flags &= ~VM_MAYWRITE;
 	}
-	vma->vm_private_data = t;	/* the reference taken above */
+	kref_get(&t->ref);
+	vma->vm_private_data = t;
 	vma->vm_ops = &mmt_vm_ops;
 	atomic_long_inc(&t->mappers);
 	atomic_long_inc(&mmt_maps);
@@ -183,11 +178,30 @@ static int mmt_mmap(struct file *file, struct vm_area_struct *vma)
 		if (ret) {
 			/* the core unmaps what was inserted but does not call close on failure */
 			atomic_long_dec(&t->mappers);
-			goto put;
+			mmt_put(t);
+			return ret;
 		}
 	}
 	return 0;
-put:
+}
+
+/* mmap of /dev/mm_template: the template selected on this fd */
+static int mmt_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct mmt_fd *f = file->private_data;
+	struct mmt_template *t;
+	u32 flags;
+	int ret;
+
+	mutex_lock(&f->lock);
+	t = f->sel;
+	if (t)
+		kref_get(&t->ref);
+	flags = f->flags;
+	mutex_unlock(&f->lock);
+	if (!t)
+		return -ENXIO;	/* nothing selected */
+	ret = mmt_map_vma(t, vma, flags);
 	mmt_put(t);
 	return ret;
 }
@@ -365,29 +379,31 @@ static int mmt_remote_map_fn(void *arg)
 	return 0;
 }
 
-static long mmt_map_pid(struct file *file, struct mmt_fd *f, void __user *arg)
+/* copy and check MAP_PID arguments (not the id: the caller resolves it) */
+static long mmt_map_pid_args(struct mmt_map_pid *mp, void __user *arg)
 {
-	struct mmt_map_pid mp;
+	if (!capable(CAP_SYS_PTRACE))
+		return -EPERM;
+	if (copy_from_user(mp, arg, sizeof(*mp)))
+		return -EFAULT;
+	if (mp->pid <= 0 || (mp->prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || !mp->len ||
+	    !PAGE_ALIGNED(mp->addr) || !PAGE_ALIGNED(mp->len) || !PAGE_ALIGNED(mp->offset) ||
+	    mp->addr + mp->len < mp->addr || mp->addr + mp->len > TASK_SIZE_MAX || mp->len > MMT_MAX_BYTES ||
+	    mp->offset > MMT_MAX_BYTES || (mp->flags & ~MMT_MAP_FLAGS_ALL))
+		return -EINVAL;
+	return 0;
+}
+
+/* mmap `file` (which maps the template) into the stopped task mp->pid */
+static long mmt_map_into_task(struct file *file, const struct mmt_map_pid *mp)
+{
 	struct mmt_remote_map m = {};
 	struct task_struct *task, *kt;
 	struct mm_struct *mm;
 	long ret;
 
-	if (!capable(CAP_SYS_PTRACE))
-		return -EPERM;
-	if (copy_from_user(&mp, arg, sizeof(mp)))
-		return -EFAULT;
-	if (mp.pid <= 0 || (mp.prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) || !mp.len ||
-	    !PAGE_ALIGNED(mp.addr) || !PAGE_ALIGNED(mp.len) || !PAGE_ALIGNED(mp.offset) ||
-	    mp.addr + mp.len < mp.addr || mp.addr + mp.len > TASK_SIZE_MAX || mp.len > MMT_MAX_BYTES ||
-	    mp.offset > MMT_MAX_BYTES)
-		return -EINVAL;
-	ret = mmt_select(f, mp.id, mp.flags);	/* also checks id, owner and flags */
-	if (ret)
-		return ret;
-
 	rcu_read_lock();
-	task = pid_task(find_vpid(mp.pid), PIDTYPE_PID);
+	task = pid_task(find_vpid(mp->pid), PIDTYPE_PID);
 	if (task)
 		get_task_struct(task);
 	rcu_read_unlock();
@@ -403,10 +419,10 @@ static long mmt_map_pid(struct file *file, struct mmt_fd *f, void __user *arg)
 
 	m.file = file;
 	m.mm = mm;
-	m.addr = mp.addr;
-	m.len = mp.len;
-	m.prot = mp.prot;
-	m.off = mp.offset;
+	m.addr = mp->addr;
+	m.len = mp->len;
+	m.prot = mp->prot;
+	m.off = mp->offset;
 	init_completion(&m.done);
 	kt = kthread_create(mmt_remote_map_fn, &m, "mmt_map");
 	if (IS_ERR(kt)) {
@@ -425,6 +441,20 @@ put_mm:
 put_task:
 	put_task_struct(task);
 	return ret;
+}
+
+/* MAP_PID on /dev/mm_template: select mp.id on this fd, then map the device file */
+static long mmt_map_pid(struct file *file, struct mmt_fd *f, void __user *arg)
+{
+	struct mmt_map_pid mp;
+	long ret = mmt_map_pid_args(&mp, arg);
+
+	if (ret)
+		return ret;
+	ret = mmt_select(f, mp.id, mp.flags);	/* also checks id and owner */
+	if (ret)
+		return ret;
+	return mmt_map_into_task(file, &mp);
 }
 
 static long mmt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -493,6 +523,213 @@ static struct miscdevice mmt_misc = {
 	.mode = 0666,
 };
 
+/* ---- the mm_template filesystem: one read-only regular file per live template ----
+ *
+ * `mount -t mm_template none /run/mm_template` (one instance, however often mounted): then
+ * /run/mm_template/<id> is template <id> as a file (owner: its creator, mode 0400, size: the
+ * template's). mmap(MAP_PRIVATE) of it maps the template like the device does. Tools that know
+ * files but not this device - CRIU above all - can so checkpoint a process whose memory is mapped
+ * from a template (those pages are file pages, which CRIU does not copy into its images) and
+ * restore it by mapping the file again: no template page is copied on restore.
+ * A deleted template's file disappears; what is open or mapped stays valid (the file holds it).
+ */
+#define MMTFS_MAGIC 0x6d6d7466	/* "mmtf" */
+
+static bool file_prefault = true;
+module_param(file_prefault, bool, 0644);
+MODULE_PARM_DESC(file_prefault, "mmap of a template file inserts every page table entry at once (0: one fault per page)");
+
+/* a template file's file->private_data: its map flags */
+static int mmtfs_open(struct inode *inode, struct file *file)
+{
+	file->private_data = (void *)(uintptr_t)(READ_ONCE(file_prefault) ? MMT_MAP_PREFAULT : 0);
+	return 0;
+}
+
+static int mmtfs_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	return mmt_map_vma(file_inode(file)->i_private, vma, (u32)(uintptr_t)file->private_data);
+}
+
+/* MAP_PID on a template file maps that file (so the target's maps name it); id must be the file's */
+static long mmtfs_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct mmt_template *t = file_inode(file)->i_private;
+	struct mmt_map_pid mp;
+	long ret;
+
+	switch (cmd) {
+	case MMT_IOC_VERSION:
+		return put_user((u32)MMT_ABI_VERSION, (u32 __user *)arg);
+	case MMT_IOC_MAP_PID:
+		ret = mmt_map_pid_args(&mp, (void __user *)arg);
+		if (ret)
+			return ret;
+		if (mp.id != t->id)
+			return -EINVAL;
+		WRITE_ONCE(file->private_data, (void *)(uintptr_t)mp.flags);
+		return mmt_map_into_task(file, &mp);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations mmtfs_file_fops = {
+	.owner = THIS_MODULE,
+	.open = mmtfs_open,
+	.mmap = mmtfs_mmap,
+	.unlocked_ioctl = mmtfs_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = generic_file_llseek,
+};
+
+/* a name in use (an open file pins it) stops resolving once its template is deleted */
+static int mmtfs_d_revalidate(struct dentry *dentry, unsigned int flags)
+{
+	struct inode *inode;
+
+	if (flags & LOOKUP_RCU)
+		return -ECHILD;	/* i_private is only safe to follow with a reference */
+	inode = d_inode(dentry);
+	if (!inode || !S_ISREG(inode->i_mode))
+		return !inode ? 0 : 1;	/* negative: look again */
+	return !READ_ONCE(((struct mmt_template *)inode->i_private)->deleted);
+}
+
+/* unused dentries go at once: a lookup always sees the id table as it is now */
+static const struct dentry_operations mmtfs_dops = {
+	.d_revalidate = mmtfs_d_revalidate,
+	.d_delete = always_delete_dentry,
+};
+
+static struct dentry *mmtfs_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)
+{
+	struct mmt_template *t = NULL;
+	struct inode *inode;
+	char canon[12];
+	u32 id;
+
+	/* only the canonical decimal name of a live id ("7", not "07" or "+7") */
+	if (!kstrtou32(dentry->d_name.name, 10, &id) && id && id <= INT_MAX &&
+	    snprintf(canon, sizeof(canon), "%u", id) == dentry->d_name.len &&
+	    !memcmp(canon, dentry->d_name.name, dentry->d_name.len)) {
+		mutex_lock(&mmt_lock);
+		t = idr_find(&mmt_idr, id);
+		if (t)
+			kref_get(&t->ref);
+		mutex_unlock(&mmt_lock);
+	}
+	if (!t) {
+		d_add(dentry, NULL);
+		return NULL;
+	}
+	inode = new_inode(dir->i_sb);
+	if (!inode) {
+		mmt_put(t);
+		return ERR_PTR(-ENOMEM);
+	}
+	inode->i_ino = (unsigned long)id + 1;	/* 1 is the root */
+	inode->i_mode = S_IFREG | 0400;
+	inode->i_uid = t->owner;
+	inode->i_gid = GLOBAL_ROOT_GID;
+	inode->i_size = (loff_t)t->npages << PAGE_SHIFT;
+	inode->i_atime = inode->i_mtime = inode->i_ctime = current_time(inode);
+	inode->i_fop = &mmtfs_file_fops;
+	inode->i_private = t;	/* the reference taken above, dropped at evict */
+	d_add(dentry, inode);
+	return NULL;
+}
+
+/* ".", "..", then every live id (f_pos 2 + k: continue from id k + 1) */
+static int mmtfs_readdir(struct file *file, struct dir_context *ctx)
+{
+	char name[12];
+	int id;
+
+	if (!dir_emit_dots(file, ctx))
+		return 0;
+	mutex_lock(&mmt_lock);
+	for (id = ctx->pos - 1; idr_get_next(&mmt_idr, &id); id++) {
+		int len = snprintf(name, sizeof(name), "%d", id);
+
+		if (!dir_emit(ctx, name, len, (u64)id + 1, DT_REG))
+			break;
+		ctx->pos = (loff_t)id + 2;
+	}
+	mutex_unlock(&mmt_lock);
+	return 0;
+}
+
+static const struct inode_operations mmtfs_dir_iops = {
+	.lookup = mmtfs_lookup,
+};
+
+static const struct file_operations mmtfs_dir_fops = {
+	.owner = THIS_MODULE,
+	.iterate_shared = mmtfs_readdir,
+	.read = generic_read_dir,
+	.llseek = generic_file_llseek,
+};
+
+static void mmtfs_evict_inode(struct inode *inode)
+{
+	clear_inode(inode);
+	if (S_ISREG(inode->i_mode) && inode->i_private)
+		mmt_put(inode->i_private);
+}
+
+static const struct super_operations mmtfs_sops = {
+	.statfs = simple_statfs,
+	.drop_inode = generic_delete_inode,
+	.evict_inode = mmtfs_evict_inode,
+};
+
+static int mmtfs_fill_super(struct super_block *sb, struct fs_context *fc)
+{
+	struct inode *root;
+
+	sb->s_maxbytes = MAX_LFS_FILESIZE;
+	sb->s_blocksize = PAGE_SIZE;
+	sb->s_blocksize_bits = PAGE_SHIFT;
+	sb->s_magic = MMTFS_MAGIC;
+	sb->s_op = &mmtfs_sops;
+	sb->s_d_op = &mmtfs_dops;
+	sb->s_time_gran = 1;
+	root = new_inode(sb);
+	if (!root)
+		return -ENOMEM;
+	root->i_ino = 1;
+	root->i_mode = S_IFDIR | 0755;
+	root->i_atime = root->i_mtime = root->i_ctime = current_time(root);
+	root->i_op = &mmtfs_dir_iops;
+	root->i_fop = &mmtfs_dir_fops;
+	set_nlink(root, 2);
+	sb->s_root = d_make_root(root);
+	return sb->s_root ? 0 : -ENOMEM;
+}
+
+static int mmtfs_get_tree(struct fs_context *fc)
+{
+	return get_tree_single(fc, mmtfs_fill_super);
+}
+
+static const struct fs_context_operations mmtfs_context_ops = {
+	.get_tree = mmtfs_get_tree,
+};
+
+static int mmtfs_init_fs_context(struct fs_context *fc)
+{
+	fc->ops = &mmtfs_context_ops;
+	return 0;
+}
+
+static struct file_system_type mmtfs_type = {
+	.owner = THIS_MODULE,	/* rmmod is refused while mounted */
+	.name = "mm_template",
+	.init_fs_context = mmtfs_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
 /* ---- debugfs: /sys/kernel/debug/mm_template/{stats,templates} ---- */
 
 static int mmt_stats_show(struct seq_file *s, void *unused)
@@ -531,10 +768,15 @@ static int __init mmt_init(void)
 
 	if (ret)
 		return ret;
+	ret = register_filesystem(&mmtfs_type);
+	if (ret) {
+		misc_deregister(&mmt_misc);
+		return ret;
+	}
 	mmt_debugfs = debugfs_create_dir("mm_template", NULL);
 	debugfs_create_file("stats", 0444, mmt_debugfs, NULL, &mmt_stats_fops);
 	debugfs_create_file("templates", 0444, mmt_debugfs, NULL, &mmt_templates_fops);
-	pr_info("mm_template: ABI %d, /dev/mm_template ready\n", MMT_ABI_VERSION);
+	pr_info("mm_template: ABI %d, /dev/mm_template and filesystem mm_template ready\n", MMT_ABI_VERSION);
 	return 0;
 }
 
@@ -544,6 +786,7 @@ static void __exit mmt_exit(void)
 	int id;
 
 	debugfs_remove_recursive(mmt_debugfs);
+	unregister_filesystem(&mmtfs_type);
 	misc_deregister(&mmt_misc);
 	/* no fd and no mapping is left (fops.owner): only the table's references remain */
 	idr_for_each_entry(&mmt_idr, t, id)

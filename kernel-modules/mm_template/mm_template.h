@@ -13,8 +13,17 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define MMT_ABI_VERSION 1
+#define MMT_ABI_VERSION 2
 #define MMT_DEVICE "/dev/mm_template"
+/*
+ * Since ABI 2: filesystem type "mm_template" (mount it, e.g. at MMT_FS_DIR): <dir>/<id> is template
+ * <id> as a read-only regular file (owner: the creator, mode 0400). mmap(MAP_PRIVATE) of it maps the
+ * template (prefaulted unless the module parameter file_prefault is 0); MMT_IOC_VERSION and
+ * MMT_IOC_MAP_PID (id = the file's template) work on it, so the mapped region names the file, which
+ * CRIU can checkpoint and restore like any private file mapping without copying its pages.
+ */
+#define MMT_FS_TYPE "mm_template"
+#define MMT_FS_DIR "/run/mm_template"
 #define MMT_IOC_MAGIC 0xB7
 
 /* Largest template: 4 GiB (a bound on what one ioctl may pin). */

@@ -8,6 +8,7 @@ mount -t cgroup2 none /sys/fs/cgroup && echo +memory > /sys/fs/cgroup/cgroup.sub
 . /t/config
 echo "GUEST up $(uname -r) $(nproc) cpus $(awk '/MemTotal/{print $2}' /proc/meminfo) kB"
 if insmod /t/mm_template.ko; then echo "PASS insmod"; else echo "FAIL insmod"; fi
+mkdir -p /run/mm_template && mount -t mm_template none /run/mm_template || echo "FAIL mount_mm_template_fs"
 /t/mmt_test
 # unloading is refused while a mapping exists (the fd is closed: the VMA alone pins the module)
 /t/mmt_test hold /tmp/held & H=$!
@@ -16,6 +17,9 @@ if rmmod mm_template 2>/dev/null; then echo "FAIL rmmod_refused_while_mapped"; e
 kill $H; wait $H 2>/dev/null
 if [ "$NODE" = 1 ]; then /t/node-tests.sh; fi
 sed 's/^/STAT /' /sys/kernel/debug/mm_template/stats
+# the mounted filesystem pins the module too
+if rmmod mm_template 2>/dev/null; then echo "FAIL rmmod_refused_while_mounted"; else echo "PASS rmmod_refused_while_mounted"; fi
+umount /run/mm_template
 if rmmod mm_template; then echo "PASS rmmod_after_unmap"; else echo "FAIL rmmod_after_unmap"; fi
 if dmesg | grep -E 'BUG:|WARNING:|Oops|general protection|Call Trace'; then echo "FAIL dmesg_clean"; else echo "PASS dmesg_clean"; fi
 echo "GUEST done"

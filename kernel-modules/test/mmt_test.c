@@ -2,7 +2,7 @@
 /*
  * Guest tests of /dev/mm_template. Prints "PASS <name>" / "FAIL <name>: why" and
  * "METRIC <name> <value>" lines that kernel-modules/test/run-guest-tests.sh parses.
- *   mmt_test all        every test
+ *   mmt_test all        every test (the filesystem must be mounted at MMT_FS_DIR)
  *   mmt_test hold FILE  map a template, write FILE when mapped, sleep until killed (rmmod test)
  */
 #define _GNU_SOURCE
@@ -305,6 +305,87 @@ static void t_map_pid(int fd, uint32_t flags, const char *name)
 	else PASS(name);
 }
 
+/*
+ * The mm_template filesystem (mounted at MMT_FS_DIR by guest-init.sh): a template's file has its
+ * size, mode 0400 and owner; maps of it share the template's pages and COW on write; other users
+ * cannot open it; only canonical names of live ids resolve; a deleted template's file is gone but
+ * an open one still maps; the directory lists live ids; MAP_PID through the file names the file.
+ */
+static void t_fs(int fd)
+{
+	size_t len = 64 * PG;
+	uint32_t id = make_template(fd, len, 21);
+	char path[64], bad_name[64];
+	int bad = 0;
+	snprintf(path, sizeof path, MMT_FS_DIR "/%u", id);
+	struct stat st;
+	if (stat(path, &st) || !S_ISREG(st.st_mode) || (st.st_mode & 07777) != 0400 || st.st_size != (off_t)len || st.st_uid != 0) bad |= 1;
+	int f = open(path, O_RDONLY | O_CLOEXEC);
+	if (f < 0) { FAIL("fs_template_file", "open %s: %s", path, strerror(errno)); ioctl(fd, MMT_IOC_DELETE, &id); return; }
+	/* two private maps share every page; a write COWs only in the writer */
+	unsigned char *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, f, 0);
+	unsigned char *b = mmap(NULL, len, PROT_READ, MAP_PRIVATE, f, 0);
+	if (a == MAP_FAILED || b == MAP_FAILED || check_pattern(a, len, 21) || check_pattern(b, len, 21)) bad |= 2;
+	else {
+		struct smaps sa = smaps_of(a);
+		if (sa.rss != (long)(len >> 10) || sa.anon != 0) bad |= 4;	/* prefaulted: every page resident, none private */
+		a[5 * PG] = 0xee;
+		if (b[5 * PG] != (unsigned char)(21 + 5) || smaps_of(a).anon != 4) bad |= 8;
+	}
+	/* a writable shared map is refused */
+	if (mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0) != MAP_FAILED) bad |= 16;
+	/* non-canonical and unknown names */
+	snprintf(bad_name, sizeof bad_name, MMT_FS_DIR "/0%u", id); if (open(bad_name, O_RDONLY) >= 0 || errno != ENOENT) bad |= 32;
+	snprintf(bad_name, sizeof bad_name, MMT_FS_DIR "/+%u", id); if (open(bad_name, O_RDONLY) >= 0 || errno != ENOENT) bad |= 32;
+	if (open(MMT_FS_DIR "/999999", O_RDONLY) >= 0 || errno != ENOENT) bad |= 32;
+	if (open(MMT_FS_DIR "/new", O_RDWR | O_CREAT, 0600) >= 0) bad |= 32;
+	/* the directory lists it */
+	char cmd[128]; snprintf(cmd, sizeof cmd, "ls " MMT_FS_DIR " | grep -qx %u", id);
+	if (system(cmd) != 0) bad |= 64;
+	/* another user cannot open it */
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setuid(1000)) _exit(9);
+		_exit(open(path, O_RDONLY) >= 0 ? 1 : errno == EACCES ? 0 : 2);
+	}
+	int wst; waitpid(pid, &wst, 0);
+	if (!WIFEXITED(wst) || WEXITSTATUS(wst)) bad |= 128;
+	/* MAP_PID through the file: the wrong id is refused, the right one maps the file */
+	size_t rl = 8 * PG;
+	int pp[2]; pipe(pp);
+	pid = fork();
+	if (pid == 0) {
+		unsigned char *r = mmap(NULL, rl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		memset(r, 0x33, rl);
+		write(pp[1], &r, sizeof r);
+		raise(SIGSTOP);
+		char line[512], want[32]; int named = 0;
+		snprintf(want, sizeof want, "%lx-", (unsigned long)r);
+		FILE *m = fopen("/proc/self/maps", "r");
+		while (fgets(line, sizeof line, m)) if (!strncmp(line, want, strlen(want)) && strstr(line, MMT_FS_DIR "/")) named = 1;
+		fclose(m);
+		_exit(named && check_pattern(r, rl, 21) == 0 ? 0 : 1);
+	}
+	unsigned char *r; read(pp[0], &r, sizeof r);
+	waitpid(pid, &wst, WUNTRACED);
+	struct mmt_map_pid mp = { .id = id + 1, .flags = MMT_MAP_PREFAULT, .pid = pid, .prot = PROT_READ | PROT_WRITE, .addr = (uintptr_t)r, .len = rl };
+	if (ioctl(f, MMT_IOC_MAP_PID, &mp) == 0 || errno != EINVAL) bad |= 256;
+	mp.id = id;
+	if (ioctl(f, MMT_IOC_MAP_PID, &mp)) bad |= 512;
+	kill(pid, SIGCONT); waitpid(pid, &wst, 0);
+	if (!WIFEXITED(wst) || WEXITSTATUS(wst)) bad |= 1024;
+	/* delete: the name goes, the open file and the maps stay valid; pages go with the last user */
+	long live0 = debugfs_stat("pages_live");
+	if (ioctl(fd, MMT_IOC_DELETE, &id)) bad |= 2048;
+	if (stat(path, &st) == 0 || errno != ENOENT) bad |= 4096;
+	unsigned char *c = mmap(NULL, len, PROT_READ, MAP_PRIVATE, f, 0);
+	if (c == MAP_FAILED || check_pattern(c, len, 21)) bad |= 8192;
+	if (c != MAP_FAILED) munmap(c, len);
+	munmap(a, len); munmap(b, len); close(f);
+	if (debugfs_stat("pages_live") != live0 - 64) bad |= 16384;
+	if (bad) FAIL("fs_template_file", "bits %#x", bad); else PASS("fs_template_file");
+}
+
 /* random arguments: nothing may crash (dmesg is checked by the host script) */
 static void t_fuzz(int fd)
 {
@@ -333,6 +414,19 @@ static void t_fuzz(int fd)
 			if (m != MAP_FAILED) { volatile unsigned char x; if ((blob[6] & 1) && (prot & PROT_READ)) x = *(unsigned char *)m; (void)x; munmap(m, blob[4] % (16 * PG)); }
 		}
 	}
+	/* the same on a template file (its ioctls and mmap) */
+	char path[64]; snprintf(path, sizeof path, MMT_FS_DIR "/%u", id);
+	int tf = open(path, O_RDONLY | O_CLOEXEC);
+	for (int i = 0; tf >= 0 && i < 5000; i++) {
+		for (int k = 0; k < 8; k++) blob[k] = rand() % 2 ? (((uint64_t)rand() << 32) ^ rand()) : (rand() % 3 ? id : (uint64_t)PG << (rand() % 40));
+		blob[1] = (blob[1] & ~0xffffffffULL) | (uint32_t)(rand() % 2 ? getpid() : rand());	/* map_pid: pid, prot */
+		unsigned long cmd = rand() % 4 ? cmds[rand() % 6] : (unsigned long)rand();
+		ioctl(tf, cmd, rand() % 4 ? (void *)blob : (void *)ptrs[rand() % 7]);
+		void *m = mmap(NULL, blob[4] % (8 * PG), rand() % 8, rand() % 2 ? MAP_PRIVATE : MAP_SHARED, tf, (blob[5] % 6) * PG);
+		if (m != MAP_FAILED) munmap(m, blob[4] % (8 * PG));
+	}
+	if (tf < 0) FAIL("fuzz_ioctl_mmap", "open %s: %s", path, strerror(errno));
+	else close(tf);
 	ioctl(fd, MMT_IOC_DELETE, &id);
 	PASS("fuzz_ioctl_mmap");
 }
@@ -490,6 +584,7 @@ int main(int argc, char **argv)
 	t_delete_mapped(fd);
 	t_map_pid(fd, 0, "map_pid_fault");
 	t_map_pid(fd, MMT_MAP_PREFAULT, "map_pid_prefault");
+	t_fs(fd);
 	t_fuzz(fd);
 	t_race(fd);
 	t_memcg();
