@@ -8,7 +8,7 @@ mount -t cgroup2 none /sys/fs/cgroup && echo +memory > /sys/fs/cgroup/cgroup.sub
 . /t/config
 echo "GUEST up $(uname -r) $(nproc) cpus $(awk '/MemTotal/{print $2}' /proc/meminfo) kB"
 if insmod /t/mm_template.ko; then echo "PASS insmod"; else echo "FAIL insmod"; fi
-mkdir -p /run/mm_template && mount -t mm_template none /run/mm_template || echo "FAIL mount_mm_template_fs"
+mkdir -p /run && mount -t tmpfs tmpfs /run && mkdir -p /run/mm_template && mount -t mm_template none /run/mm_template || echo "FAIL mount_mm_template_fs"
 /t/mmt_test
 # unloading is refused while a mapping exists (the fd is closed: the VMA alone pins the module)
 /t/mmt_test hold /tmp/held & H=$!

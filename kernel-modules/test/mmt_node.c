@@ -5,9 +5,10 @@
  *   mmt_node build PID MAPFILE        PID is stopped: copy its resident private anonymous memory
  *                                     (read through /proc/PID/mem) into one template; MAPFILE lists
  *                                     "addr len offset prot" runs for remap
- *   mmt_node remap MAPFILE PID [fault] PID is a stopped clone with the same layout (e.g. restored by
- *                                     CRIU): map every run onto the template (MAP_PRIVATE|MAP_FIXED,
- *                                     prefaulted unless "fault"), replacing its private copies
+ *   mmt_node remap MAPFILE PID [fault] PID is stopped and has the same layout (the template process
+ *                                     itself, or a clone): map every run onto the template's file
+ *                                     MMT_FS_DIR/<id> (MAP_PRIVATE|MAP_FIXED, prefaulted unless
+ *                                     "fault"), replacing its private copies
  *   mmt_node delete MAPFILE           delete the template (freed when the last clone is gone)
  *
  * Which memory: writable private anonymous mappings (incl. [heap] and V8's heap spaces) with
@@ -126,18 +127,25 @@ static uint32_t read_map(const char *mapfile)
 	return id;
 }
 
+/*
+ * Map every run of MAPFILE onto the template in the stopped process PID, through the template's
+ * file (MMT_FS_DIR/<id>), so its maps name that file: a CRIU checkpoint of it then records file
+ * mappings instead of copying the pages, and a restore maps the file again.
+ */
 static int remap(const char *mapfile, int pid, int prefault)
 {
 	uint32_t id = read_map(mapfile);
-	int fd = open(MMT_DEVICE, O_RDWR | O_CLOEXEC);
-	if (fd < 0) die(MMT_DEVICE);
+	char path[64];
+	snprintf(path, sizeof path, MMT_FS_DIR "/%u", id);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) die(path);
 	double t0 = now_ms();
 	for (int i = 0; i < nruns; i++) {
 		struct mmt_map_pid mp = { .id = id, .flags = prefault ? MMT_MAP_PREFAULT : 0, .pid = pid, .prot = runs[i].prot,
 					  .addr = runs[i].addr, .len = runs[i].len, .offset = runs[i].off };
 		if (ioctl(fd, MMT_IOC_MAP_PID, &mp)) die("MMT_IOC_MAP_PID");
 	}
-	printf("remapped %d runs in %.1f ms\n", nruns, now_ms() - t0);
+	printf("remapped %d runs onto %s in %.1f ms\n", nruns, path, now_ms() - t0);
 	return 0;
 }
 

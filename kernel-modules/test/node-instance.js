@@ -27,7 +27,8 @@ async function main() {
   const chan = { send() {} };
   const value = await handler(req.event, shim.makeContext({ invocationId: name, deadlineMs: null, agent: 'bench' }, chan));
   const crypto = require('node:crypto');
-  const res = { name, pid: process.pid, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID() };
+  const templateMaps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/run/mm_template/')).length;
+  const res = { name, pid: process.pid, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID(), templateMaps };
   if (req.stress) {
     // garbage and full GCs: V8 frees and discards heap pages (MADV_FREE fails on template maps,
     // V8 falls back to MADV_DONTNEED, after which a page reads template bytes, not zeros);
