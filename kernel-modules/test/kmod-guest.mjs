@@ -5,7 +5,7 @@
 //
 // Flow (see the README): the agent is started once (node-instance.js, MMT_TEMPLATE=1), initialises
 // and stops itself. CRIU checkpoints it (--leave-running: the baseline image, private copies of every
-// page); mmt_node copies its resident private anonymous memory into a template and remaps the
+// page); the daemon's templateFromStopped (mmTemplate.ts, trenv-mmt) copies its resident private anonymous memory into a template and remaps the
 // process itself onto the template's file /run/mm_template/<id>; CRIU checkpoints it again (the
 // module image: those regions are private FILE mappings whose pages CRIU does not copy). An
 // instance = `criu restore` of one image into fresh pid/uts/mount namespaces; for the module image
@@ -14,6 +14,11 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+
+// the daemon's own module code (runtime-daemon/template/mmTemplate.ts, bundled by run-guest-tests.sh)
+process.env.TRENV_MMT_HELPER = '/t/trenv-mmt';
+const mmt = createRequire(import.meta.url)('/t/mmTemplate.js');
 
 const CRIU = '/opt/trenv/criu/criu';
 const INSTANCE = '/t/node-instance.js';
@@ -64,13 +69,14 @@ function privateByMapping(pid) {
 }
 
 let tmpl; // { id, bytes, runs }
-async function buildTemplate() {
+async function buildTemplate(kind = 'small') {
+  fs.rmSync('/tmp/tmpl-ready', { force: true });
   fs.mkdirSync('/tmp/req', { recursive: true }); fs.mkdirSync('/tmp/res', { recursive: true }); fs.mkdirSync('/tmp/log', { recursive: true });
   for (const d of ['/tmp/img-criu', '/tmp/img-mod']) { fs.rmSync(d, { recursive: true, force: true }); fs.mkdirSync(d); }
   const t0 = nowNs();
   // no tty among its fds (CRIU would need --shell-job): stdio are files
   const errFd = fs.openSync('/tmp/log/template.err', 'w');
-  const child = spawn('/usr/bin/node', ['--expose-gc', INSTANCE], { env: { ...ENV, MMT_TEMPLATE: '1' }, stdio: ['ignore', 'ignore', errFd], detached: true });
+  const child = spawn('/usr/bin/node', ['--expose-gc', INSTANCE], { env: { ...ENV, MMT_TEMPLATE: '1', MMT_STATE: kind }, stdio: ['ignore', 'ignore', errFd], detached: true });
   await waitFor(() => fs.existsSync('/tmp/tmpl-ready') && state(child.pid) === 'T', 60000, 'the template process to initialise');
   say(`METRIC node.cold_init_ms ${(Number(nowNs() - t0) / 1e6).toFixed(1)}`);
   // the CRIU baseline's checkpoint: private copies of every page (the process stays stopped)
@@ -78,14 +84,13 @@ async function buildTemplate() {
   sh(`${CRIU} dump -t ${child.pid} -D /tmp/img-criu -o /tmp/log/dump-criu.log -v2 --leave-running 2>&1 || { tail -20 /tmp/img-criu/dump-criu.log; exit 1; }`);
   say(`METRIC node.criu_dump_ms ${(Number(nowNs() - t1) / 1e6).toFixed(1)}`);
   await waitFor(() => state(child.pid) === 'T', 10000, 'the template process to be stopped again after the first dump');
-  say('INFO ' + sh(`/t/mmt_node build ${child.pid} /tmp/tmpl.map`).trim());
-  const head = fs.readFileSync('/tmp/tmpl.map', 'utf8').split('\n')[0].split(' ');
-  tmpl = { id: Number(head[1]), runs: Number(head[3]), bytes: Number(head[5]) };
+  // the module's checkpoint: the daemon's templateFromStopped copies the process's memory into a
+  // template and remaps the process itself onto the template's file, so CRIU records those regions
+  // as private mappings of /run/mm_template/<id> (their pages are file pages, which it does not
+  // copy) and a restore maps the file again: no template page is copied
+  tmpl = mmt.templateFromStopped(child.pid, '/tmp/tmpl.map');
+  say(`INFO template ${tmpl.id}: ${tmpl.bytes >> 10} KiB in ${tmpl.runs} runs, built and mapped in ${tmpl.buildMs} ms`);
   say(`METRIC node.template_kb ${tmpl.bytes >> 10}`);
-  // the module's checkpoint: the template process itself is remapped onto the template's file, so
-  // CRIU records those regions as private mappings of /run/mm_template/<id> (their pages are file
-  // pages, which it does not copy) and a restore maps the file again: no template page is copied
-  say('INFO ' + sh(`/t/mmt_node remap /tmp/tmpl.map ${child.pid}`).trim());
   const t2 = nowNs();
   sh(`${CRIU} dump -t ${child.pid} -D /tmp/img-mod -o /tmp/log/dump-mod.log -v2 2>&1 || { tail -20 /tmp/img-mod/dump-mod.log; exit 1; }`);
   say(`METRIC node.module_dump_ms ${(Number(nowNs() - t2) / 1e6).toFixed(1)}`);
@@ -95,24 +100,25 @@ async function buildTemplate() {
 }
 
 /** start one instance; resolves to { startMs, res } once its handler has run */
-async function startInstance(mode, name, cg, stress = false) {
+async function startInstance(mode, name, cg, stress = false, kind = 'small') {
   const join = `echo $$ > ${cg}/cgroup.procs || exit 1`;
   const seed = crypto.randomBytes(32).toString('hex');
   fs.writeFileSync(`/tmp/req/${name}.json`, JSON.stringify({ seed, event, stress }));
   const t0 = Date.now();
   if (mode === 'cold') {
-    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node --expose-gc ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
+    spawn('/bin/sh', ['-c', `${join}; exec /usr/bin/node --expose-gc ${INSTANCE}`], { env: { ...ENV, MMT_NAME: name, MMT_STATE: kind }, stdio: ['ignore', 'ignore', 'inherit'], detached: true }).unref();
   } else {
     const img = mode.startsWith('module') ? '/tmp/img-mod' : '/tmp/img-criu';
     const script = `hostname ${name}
-${CRIU} restore -D ${img} -d -o /tmp/log/${name}.log --pidfile /tmp/log/${name}.pid >/dev/null 2>&1 || { echo "criu restore failed:"; tail -15 ${img}/${name}.log; exit 1; }
+${CRIU} restore -D ${img} -d -o /tmp/log/${name}.log --pidfile /tmp/log/${name}.pid >/dev/null 2>&1 || { echo "INFO criu restore of ${name} failed:"; tail -15 /tmp/log/${name}.log; : > /tmp/res/${name}.failed; exit 1; }
 kill -CONT $(cat /tmp/log/${name}.pid)
 cat /tmp/batch.fifo >/dev/null`;
     const wrapped = `${join}; exec /bin/unshare -m -p -u -f --mount-proc /bin/sh -c '${script.replace(/'/g, `'\\''`)}'`;
     spawn('/bin/sh', ['-c', wrapped], { env: ENV, stdio: ['ignore', 'inherit', 'inherit'], detached: true }).unref();
   }
-  const file = `/tmp/res/${name}.json`;
-  await waitFor(() => fs.existsSync(file), 120000, `instance ${name} (${mode})`);
+  const file = `/tmp/res/${name}.json`; // or <file>.failed
+  await waitFor(() => fs.existsSync(file) || fs.existsSync(`${file}.failed`), 120000, `instance ${name} (${mode})`);
+  if (!fs.existsSync(file)) throw new Error(`instance ${name} (${mode}) did not start: its CRIU restore failed (log above)`);
   const res = JSON.parse(fs.readFileSync(file, 'utf8'));
   return { startMs: res.handlerStartMs - t0, res };
 }
@@ -140,7 +146,7 @@ async function settledFreeKb() {
   return prev;
 }
 
-async function batch(mode, n, stress = false) {
+async function batch(mode, n, stress = false, kind = 'small') {
   fs.rmSync('/tmp/batch.fifo', { force: true }); sh('mkfifo /tmp/batch.fifo');
   // every instance (and for restores: unshare, CRIU, the remap) runs in the batch's cgroup: its
   // memory.current is what the N instances cost (user pages, page tables, kernel memory)
@@ -148,7 +154,7 @@ async function batch(mode, n, stress = false) {
   fs.mkdirSync(cg, { recursive: true });
   const free0 = await settledFreeKb();
   const out = [];
-  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg, stress));
+  for (let i = 0; i < n; i++) out.push(await startInstance(mode, `${mode}${n}-${i}`, cg, stress, kind));
   const free1 = await settledFreeKb();
   const cgKb = Math.round(Number(fs.readFileSync(`${cg}/memory.current`, 'utf8')) / 1024) + (mode.startsWith('module') ? tmpl.bytes >> 10 : 0);
   const pids = instancePids();
@@ -164,6 +170,9 @@ async function batch(mode, n, stress = false) {
 function same(a, b) { return JSON.stringify(a) === JSON.stringify(b); }
 
 async function test() {
+  // the daemon's detection: module loaded, its filesystem mounted, the helper there
+  const status = mmt.detectMmTemplate();
+  if (status.path === 'kernel-module') say('PASS daemon_detects_module'); else say(`FAIL daemon_detects_module: ${status.message}`);
   await buildTemplate();
   const cold = await batch('cold', 1);
   const criu = await batch('criu', 1);
@@ -189,22 +198,38 @@ async function test() {
   else say(`FAIL node_module_restored_from_template_file: ${named} of ${mod.out.length} instances map /run/mm_template`);
   say(`METRIC node.module.start_ms ${mod.medianStartMs.toFixed(1)}\nMETRIC node.criu.start_ms ${criu.medianStartMs.toFixed(1)}\nMETRIC node.cold.start_ms ${cold.medianStartMs.toFixed(1)}`);
   // the template outlives its mappers until deleted; deleting it now must leave nothing behind
-  sh('/t/mmt_node delete /tmp/tmpl.map');
+  mmt.deleteTemplate('/tmp/tmpl.map');
   const stats = fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8');
   if (/templates_live 0\n/.test(stats)) say('PASS node_template_freed'); else say(`FAIL node_template_freed: ${stats}`);
 }
 
+function benchLine(kind, mode, n, r) {
+  say(`BENCH ${JSON.stringify({ state: kind, mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, cgKb: r.cgKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
+  return r;
+}
+
 async function bench() {
-  await buildTemplate();
+  // the example agent as it is (a small initialised state)
+  await buildTemplate('small');
   for (const n of [8, 16]) {
     for (const mode of ['cold', 'criu', 'module', 'module_fault']) {
       // module_fault: the restore's maps of the template file fault page by page
       fs.writeFileSync('/sys/module/mm_template/parameters/file_prefault', mode === 'module_fault' ? '0' : '1');
-      const r = await batch(mode, n);
-      say(`BENCH ${JSON.stringify({ mode, n, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, cgKb: r.cgKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
+      benchLine('small', mode, n, await batch(mode, n));
     }
   }
-  sh('/t/mmt_node delete /tmp/tmpl.map');
+  fs.writeFileSync('/sys/module/mm_template/parameters/file_prefault', '1');
+  mmt.deleteTemplate('/tmp/tmpl.map');
+  // the same agent holding a large initialised state (~150 MB): every instance must still see it
+  await buildTemplate('large');
+  const digests = new Set();
+  for (const [mode, n] of [['cold', 8], ['criu', 8], ['module', 8], ['criu', 16], ['module', 16]]) {
+    const r = benchLine('large', mode, n, await batch(mode, n, false, 'large'));
+    for (const o of r.out) digests.add(o.res.value.stateDigest);
+  }
+  if (digests.size === 1 && !digests.has(undefined)) say('PASS node_large_state_same_in_every_instance');
+  else say(`FAIL node_large_state_same_in_every_instance: ${[...digests].join(' ')}`);
+  mmt.deleteTemplate('/tmp/tmpl.map');
 }
 
 const what = process.argv[2];

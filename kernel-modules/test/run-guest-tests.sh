@@ -6,7 +6,8 @@
 #
 #   run-guest-tests.sh [--node] [--bench] [--out DIR]
 #     --node   also the Node-through-the-module tests (puts node, its libraries and CRIU in the initramfs)
-#     --bench  also the kmod bench (N = 8, 16 Node instances: module vs CRIU private restore vs cold)
+#     --bench  also the kmod bench (N = 8, 16 Node instances: module vs CRIU private restore vs cold,
+#              for the example agent and for the same agent holding a large initialised state)
 #
 # Needs root only for nothing; needs linux-headers-$KVER, qemu-system-x86, busybox-static, cpio, gcc
 # (scripts/setup-kmod.sh installs them).
@@ -40,7 +41,11 @@ fi
 # ---- module and static test programs
 make -s -C "/usr/src/linux-headers-$KVER" M="$REPO/kernel-modules/mm_template" modules >/dev/null
 gcc -static -O2 -Wall -Werror -o "$BUILD/mmt_test" "$HERE/mmt_test.c"
-[ $NODE = 1 ] && gcc -static -O2 -Wall -Werror -o "$BUILD/mmt_node" "$HERE/mmt_node.c"
+if [ $NODE = 1 ]; then
+  # the daemon's helper and its module code (runtime-daemon/template/mmTemplate.ts), as the daemon runs them
+  gcc -static -O2 -Wall -Werror -o "$BUILD/trenv-mmt" "$REPO/runtime-daemon/native/trenv-mmt.c"
+  "$REPO/node_modules/.bin/esbuild" "$REPO/runtime-daemon/template/mmTemplate.ts" --bundle --platform=node --format=cjs --log-level=warning --outfile="$BUILD/mmTemplate.js"
+fi
 
 # ---- initramfs
 IR=$(mktemp -d /tmp/trenv-kmod-ir.XXXXXX)
@@ -54,7 +59,7 @@ cp "$HERE/guest-init.sh" "$IR/init"
 chmod 755 "$IR/init"
 echo "NODE=$NODE BENCH=$BENCH" > "$IR/t/config"
 if [ $NODE = 1 ]; then
-  cp "$BUILD/mmt_node" "$IR/t/"
+  cp "$BUILD/trenv-mmt" "$BUILD/mmTemplate.js" "$IR/t/"
   mkdir -p "$IR/usr/bin" "$IR/lib64" "$IR/usr/lib/x86_64-linux-gnu" "$IR/opt/trenv" "$IR/app" "$IR/etc"
   ln -s usr/lib "$IR/lib"
   cp /usr/bin/node "$IR/usr/bin/node"
@@ -78,7 +83,7 @@ fi
 (cd "$IR" && find . | cpio -o -H newc --quiet -R 0:0) > "$BUILD/initramfs.cpio"
 
 # ---- boot
-MEM=1024
+MEM=${TRENV_KMOD_MEM:-$([ $BENCH = 1 ] && echo 3072 || echo 1024)}  # the bench's large-state batches need ~2.5 GiB
 log "booting $KVER under TCG (initramfs $(( $(stat -c %s "$BUILD/initramfs.cpio") / 1048576 )) MiB)"
 start=$(date +%s)
 set +e

@@ -40,7 +40,7 @@ import { BrowserBroker } from '../browser/broker';
 import { execFileSync } from 'node:child_process';
 import { loadAgent } from '../manifest/manifest';
 import { KsmControl } from '../template/ksm';
-import { mmTemplateStatus } from '../template/mmTemplate';
+import { mmTemplateStatus, setMmtHelper } from '../template/mmTemplate';
 import { acquireLock, clientOwner, ensureDirs, packageRoot, StatePaths, writeInfo, writeToken } from './state';
 import { E2bService, e2bPortFrom } from '../e2b/service';
 import type { E2bSandbox } from '../e2b/sandboxes';
@@ -136,6 +136,7 @@ export class Daemon {
       // Node templates are CRIU checkpoints made in a dedicated sandbox (not from the pool: it is
       // destroyed right after the dump), with the agent's code, limits and network.
       const driver = this.driver;
+      setMmtHelper(path.join(this.nativeDir, 'trenv-mmt'));
       mmTemplateStatus((m) => this.log(m)); // once: is the mm_template kernel module there?
       this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'), {
         makeSandbox: async (agent) => {

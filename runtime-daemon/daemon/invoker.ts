@@ -29,7 +29,6 @@ import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import type { NativeSpan, RunHandlers } from '../sandbox/sandboxd';
 import { CriuInstance, nsPidOf, restoreInto } from '../template/criu';
 import { TemplateManager, TemplateMeta } from '../template/templates';
-import { mmTemplateStatus } from '../template/mmTemplate';
 import { guestMemory, GuestMsg, RootKind } from '../sandbox/vm';
 import type { VmAcquired, VmPool } from '../sandbox/vmPool';
 import type { VmTemplateManager } from '../template/vmTemplates';
@@ -615,7 +614,7 @@ export class Invoker extends EventEmitter {
                   how: prepared ? 'a waiter forked from the zygote had joined this sandbox during its cleanup: fork the instance, drop privileges' : 'fork from the zygote, join the sandbox (cgroups, namespaces, root), drop privileges',
                   template: record.template ?? '',
                   prepared,
-                  memPath: mmTemplateStatus().path,
+                  memPath: 'userspace', // a fork of the zygote: its pages are shared by fork's copy-on-write
                 });
                 nativeSpans('template', steps ?? []);
               }
@@ -706,10 +705,14 @@ export class Invoker extends EventEmitter {
             span('template.restore', t0, tRestored, {
               template: tmplName,
               how: 'CRIU restore into this sandbox (its namespaces, root and cgroups)',
-              memPath: mmTemplateStatus().path,
+              memPath: tpl.meta.criu?.mmTemplate ? 'kernel-module' : 'userspace',
               pid: inst.hostPid,
               restoreMs: Number(inst.restoreMs.toFixed(2)),
-              memory: this.templates?.ksm ? 'private copy, marked mergeable for KSM (TRENV_KSM=1)' : 'private copy',
+              memory: tpl.meta.criu?.mmTemplate
+                ? `mapped from mm_template template ${tpl.meta.criu.mmTemplate.id} (${(tpl.meta.criu.mmTemplate.bytes / 1048576).toFixed(1)} MiB shared, copy-on-write)`
+                : this.templates?.ksm
+                  ? 'private copy, marked mergeable for KSM (TRENV_KSM=1)'
+                  : 'private copy',
             });
             for (const st of inst.steps) span(`template.restore.${st.name}`, st.startNs, st.endNs);
             tStarted = tRestored;

@@ -1,45 +1,110 @@
 /**
- * The mm_template kernel module (kernel-modules/mm_template): is it loaded here, and which path do
+ * The mm_template kernel module (kernel-modules/mm_template): is it usable here, and which path do
  * restores take?
  *
- * The module gives true copy-on-write templates of any runtime (N instances share one copy of the
- * initialised memory). It cannot be loaded on the host this project is developed on (no module
- * support): there it is built and tested inside a QEMU guest (kernel-modules/test), where the Node
- * flow - CRIU restore, then remap the restored process's memory onto the template - runs with the
- * guest's own driver. The daemon itself restores through the userspace paths (fork zygote, CRIU
- * private copies, VM memory files); it says once which it is and tags every restore span with it.
+ * The module gives true copy-on-write templates of any runtime: N instances share one copy of the
+ * initialised memory. The flow for Node (CRIU checkpoints):
+ *   1. the agent is loaded in the build sandbox and waits for its first request;
+ *   2. `templateFromStopped`: stop it, copy its resident private anonymous memory (V8 heap, malloc
+ *      heap, ...) into a template (trenv-mmt build), remap those runs of the process itself onto the
+ *      template's file /run/mm_template/<id> (trenv-mmt remap; MAP_PRIVATE|MAP_FIXED, prefaulted),
+ *      continue it;
+ *   3. CRIU checkpoints it: those regions are private FILE mappings now, whose pages CRIU does not
+ *      copy into its images (only pages written since); every restore maps the file again, so the
+ *      restored instance reads the template's pages and copies only what it writes.
+ * Nothing else changes: restores are the usual CRIU restores of those images.
+ *
+ * It cannot be loaded on the host this project is developed on (no module support): there the
+ * daemon says once that it is not loaded and uses the userspace paths (fork zygote, CRIU private
+ * copies, VM memory files); every restore span says which path it took. The flow itself is tested in
+ * a QEMU guest (kernel-modules/test), which calls `templateFromStopped` from this file.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 export const MMT_DEVICE = '/dev/mm_template';
+/** where the module's filesystem shows templates as files (MMT_FS_DIR in mm_template.h) */
+export const MMT_FS_DIR = '/run/mm_template';
 /** must match MMT_ABI_VERSION in kernel-modules/mm_template/mm_template.h */
-export const MMT_ABI_VERSION = 1;
+export const MMT_ABI_VERSION = 2;
 
 export type MemPath = 'kernel-module' | 'userspace';
 
 export interface MmTemplateStatus {
   /** /dev/mm_template exists (a character device) */
   loaded: boolean;
-  /** the path restores take in this daemon */
+  /** the path new CRIU templates take in this daemon */
   path: MemPath;
   /** one line for the log */
   message: string;
 }
 
-export function detectMmTemplate(device = MMT_DEVICE): MmTemplateStatus {
-  let loaded = false;
-  try {
-    loaded = fs.statSync(device).isCharacterDevice();
-  } catch {
-    /* absent */
+export interface MmtProbe {
+  isCharDevice(p: string): boolean;
+  /** the mount table (/proc/self/mounts) */
+  mounts(): string;
+  /** mount the module's filesystem at dir (throws with the reason) */
+  mount(dir: string): void;
+  helperExists(p: string): boolean;
+}
+
+const realProbe: MmtProbe = {
+  isCharDevice: (p) => {
+    try {
+      return fs.statSync(p).isCharacterDevice();
+    } catch {
+      return false;
+    }
+  },
+  mounts: () => fs.readFileSync('/proc/self/mounts', 'utf8'),
+  mount: (dir) => {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    execFileSync('mount', ['-t', 'mm_template', 'none', dir], { stdio: 'pipe' });
+  },
+  helperExists: (p) => fs.existsSync(p),
+};
+
+let helperPath = process.env.TRENV_MMT_HELPER ?? 'trenv-mmt';
+
+/** the daemon's helper binary (runtime-daemon/native/trenv-mmt.c); the daemon sets its build path */
+export function mmtHelper(): string {
+  return helperPath;
+}
+export function setMmtHelper(p: string): void {
+  helperPath = process.env.TRENV_MMT_HELPER ?? p;
+}
+
+function fsMounted(mounts: string, dir: string): boolean {
+  return mounts.split('\n').some((l) => {
+    const f = l.split(' ');
+    return f[1] === dir && f[2] === 'mm_template';
+  });
+}
+
+/**
+ * Is the module usable? Loaded (the device exists), its filesystem mounted at MMT_FS_DIR (mounted
+ * here when it is not) and the helper built. Anything missing: the userspace path, and why.
+ */
+export function detectMmTemplate(device = MMT_DEVICE, dir = MMT_FS_DIR, probe: MmtProbe = realProbe, helper = mmtHelper()): MmTemplateStatus {
+  if (!probe.isCharDevice(device)) return { loaded: false, path: 'userspace', message: 'kernel module not loaded; using userspace templates' };
+  const why = (reason: string): MmTemplateStatus => ({
+    loaded: true,
+    path: 'userspace',
+    message: `kernel module mm_template is loaded (${device}) but not usable: ${reason}; using userspace templates`,
+  });
+  if (!probe.helperExists(helper)) return why(`its helper ${helper} is missing (make -C runtime-daemon/native)`);
+  if (!fsMounted(probe.mounts(), dir)) {
+    try {
+      probe.mount(dir);
+    } catch (e) {
+      return why(`mounting its filesystem at ${dir} failed (${(e as Error).message.split('\n')[0]}); is it an older module without the filesystem (ABI < ${MMT_ABI_VERSION})?`);
+    }
   }
-  return loaded
-    ? {
-        loaded,
-        path: 'userspace',
-        message: `kernel module mm_template is loaded (${device}), but the daemon's restores do not use it yet: using userspace templates (the module path runs in kernel-modules/test)`,
-      }
-    : { loaded, path: 'userspace', message: 'kernel module not loaded; using userspace templates' };
+  return {
+    loaded: true,
+    path: 'kernel-module',
+    message: `kernel module mm_template is loaded (${device}, templates in ${dir}): Node templates map their initialised memory from it (shared, copy-on-write)`,
+  };
 }
 
 let cached: MmTemplateStatus | undefined;
@@ -51,4 +116,79 @@ export function mmTemplateStatus(log?: (message: string) => void): MmTemplateSta
     log?.(cached.message);
   }
   return cached;
+}
+
+/** what a module template of a checkpoint is (kept in the template's meta) */
+export interface MmtTemplateInfo {
+  id: number;
+  bytes: number;
+  runs: number;
+  /** the map file: the runs and their offsets (for delete and diagnostics) */
+  mapFile: string;
+  buildMs: number;
+}
+
+function procState(pid: number): string {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
+  } catch {
+    return 'gone';
+  }
+}
+
+function waitState(pid: number, want: (s: string) => boolean, ms: number, what: string): void {
+  const end = Date.now() + ms;
+  const sab = new Int32Array(new SharedArrayBuffer(4));
+  while (!want(procState(pid))) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${pid} to ${what} (state ${procState(pid)})`);
+    Atomics.wait(sab, 0, 0, 2);
+  }
+}
+
+function helper(args: string[]): string {
+  try {
+    return execFileSync(mmtHelper(), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`trenv-mmt ${args[0]}: ${(err.stderr || err.message).trim()}`);
+  }
+}
+
+/**
+ * Make a template of process `pid`'s initialised memory and map the process itself onto it (step 2
+ * above). The process is stopped for it (unless it already is) and continued after, unless
+ * `leaveStopped`. A failure deletes the template again and continues the process.
+ */
+export function templateFromStopped(pid: number, mapFile: string, o: { leaveStopped?: boolean } = {}): MmtTemplateInfo {
+  const t0 = Date.now();
+  const wasStopped = procState(pid) === 'T';
+  if (!wasStopped) {
+    process.kill(pid, 'SIGSTOP');
+    waitState(pid, (s) => s === 'T' || s === 'gone', 10_000, 'stop');
+    if (procState(pid) === 'gone') throw new Error(`process ${pid} exited before its memory could be templated`);
+  }
+  let built = false;
+  try {
+    helper(['build', String(pid), mapFile]);
+    built = true;
+    helper(['remap', mapFile, String(pid)]);
+  } catch (e) {
+    if (built) deleteTemplate(mapFile);
+    throw e;
+  } finally {
+    if (!wasStopped && !o.leaveStopped) process.kill(pid, 'SIGCONT');
+  }
+  const head = /^id (\d+) runs (\d+) bytes (\d+)/.exec(fs.readFileSync(mapFile, 'utf8'));
+  if (!head) throw new Error(`trenv-mmt wrote an unreadable map file ${mapFile}`);
+  return { id: Number(head[1]), runs: Number(head[2]), bytes: Number(head[3]), mapFile, buildMs: Date.now() - t0 };
+}
+
+/** Delete the template of a map file (its pages go when the last instance mapping it exits). */
+export function deleteTemplate(mapFile: string): void {
+  try {
+    helper(['delete', mapFile]);
+  } catch {
+    /* already gone (module reloaded, machine restarted) */
+  }
 }

@@ -21,6 +21,7 @@ import type { LoadedAgent } from '../manifest/manifest';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import { criuAvailable, dump, launchForCheckpoint, META_FILE as CRIU_META_FILE } from './criu';
 import type { KsmControl } from './ksm';
+import { deleteTemplate, mmTemplateStatus, templateFromStopped, type MmtTemplateInfo } from './mmTemplate';
 import { Zygote } from './zygote';
 
 export type TemplateKind = 'zygote' | 'criu';
@@ -40,7 +41,14 @@ export interface TemplateMeta {
   buildMs: number;
   skipped: string[];
   /** kind 'criu': the dump (ms), the images' size, the shim's time from start to `loaded` */
-  criu?: { dumpMs: number; imagesBytes: number; readyMs: number; criuVersion?: string };
+  criu?: {
+    dumpMs: number;
+    imagesBytes: number;
+    readyMs: number;
+    criuVersion?: string;
+    /** the images map this mm_template kernel-module template (shared, copy-on-write memory) */
+    mmTemplate?: MmtTemplateInfo;
+  };
 }
 
 /** A sandbox to build a CRIU template in (a ContainerSandbox). */
@@ -291,6 +299,7 @@ export class TemplateManager {
     const sb = await sbx.makeSandbox(agent);
     let launched: Awaited<ReturnType<typeof launchForCheckpoint>> | undefined;
     let d: Awaited<ReturnType<typeof dump>>;
+    let mmt: MmtTemplateInfo | undefined;
     try {
       const target = { initPid: sb.initPid, cgroupProcs: sb.cgroup.procsFiles };
       launched = await launchForCheckpoint(target, {
@@ -304,9 +313,19 @@ export class TemplateManager {
       });
       progress(`template ${name}: agent loaded in ${launched.readyMs.toFixed(0)} ms; checkpointing it with CRIU`);
       checkDiskFor(name, tdir, launched.hostPid);
+      if (mmTemplateStatus().path === 'kernel-module') {
+        // its initialised memory goes into a kernel-module template the checkpoint maps (mmTemplate.ts)
+        try {
+          mmt = templateFromStopped(launched.hostPid, path.join(tdir, `mmt-${process.pid}-${Date.now()}.map`));
+          progress(`template ${name}: ${(mmt.bytes / 1048576).toFixed(1)} MiB of initialised memory in mm_template template ${mmt.id} (${mmt.runs} runs, ${mmt.buildMs} ms)`);
+        } catch (e) {
+          progress(`template ${name}: warning: the mm_template kernel module could not take its memory (${(e as Error).message}); its instances get private copies`);
+        }
+      }
       d = await dump(launched.hostPid, tmpImages, { target, envelope: true, runtime: 'node', timeoutMs: 60_000 });
     } catch (e) {
       fs.rmSync(tmpImages, { recursive: true, force: true });
+      if (mmt) deleteTemplate(mmt.mapFile);
       if (e instanceof TemplateError) throw e;
       const out = launched?.output().trim();
       const full = isDiskFull(e as Error) ? ` (the disk holding ${tdir} is full: ${freeMb(tdir)} MiB free)` : '';
@@ -317,9 +336,11 @@ export class TemplateManager {
     }
     // swap in the new images (a restore running from the old ones keeps its open directory)
     const old = `${images}.old-${process.pid}-${Date.now()}`;
+    const oldMmt = this.readMeta(name)?.criu?.mmTemplate;
     if (fs.existsSync(images)) fs.renameSync(images, old);
     fs.renameSync(tmpImages, images);
     fs.rmSync(old, { recursive: true, force: true });
+    if (oldMmt) this.dropMmTemplate(oldMmt); // instances still running keep its pages until they exit
     const meta: TemplateMeta = {
       name,
       agentDir: agent.dir,
@@ -331,7 +352,7 @@ export class TemplateManager {
       builtAt: Date.now(),
       buildMs: Date.now() - t0,
       skipped: [],
-      criu: { dumpMs: Math.round(d.ms), imagesBytes: d.bytes, readyMs: Math.round(launched.readyMs), criuVersion: d.meta.criuVersion },
+      criu: { dumpMs: Math.round(d.ms), imagesBytes: d.bytes, readyMs: Math.round(launched.readyMs), criuVersion: d.meta.criuVersion, mmTemplate: mmt },
     };
     this.writeMeta(meta);
     this.failures.delete(name);
@@ -439,8 +460,16 @@ export class TemplateManager {
     const existed = this.live.has(name) || fs.existsSync(this.metaFile(name));
     await this.stopLive(name);
     this.failures.delete(name);
+    const mmt = this.readMeta(name)?.criu?.mmTemplate;
+    if (mmt) this.dropMmTemplate(mmt);
     fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
     return existed;
+  }
+
+  /** delete a kernel-module template and its map file */
+  private dropMmTemplate(mmt: MmtTemplateInfo): void {
+    deleteTemplate(mmt.mapFile);
+    fs.rmSync(mmt.mapFile, { force: true });
   }
 
   async stopAll(): Promise<void> {

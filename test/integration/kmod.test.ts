@@ -3,8 +3,10 @@
  * 6.1.0-56 kernel with the module, static C tests, node and CRIU in its initramfs
  * (kernel-modules/test/run-guest-tests.sh, one boot, ~40 s here). Asserts on the guest's
  * PASS/FAIL lines: sharing (PSS = size/N, Shared_Clean), COW isolation, input validation, fuzzing
- * without a kernel BUG/WARN, no leak over a create/map/delete loop, rmmod refused while mapped,
- * and Node agent instances through the module: same results as cold, re-seeded.
+ * without a kernel BUG/WARN, no leak over a create/map/delete loop, rmmod refused while mapped or
+ * mounted, the template filesystem, and Node agent instances through the module (the daemon's
+ * mmTemplate.ts + trenv-mmt make the template, CRIU restores map its file): same results as cold,
+ * re-seeded.
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -25,9 +27,9 @@ function missing(): string | undefined {
 
 const EXPECTED = [
   'insmod', 'abi_version', 'validation', 'share4_fault', 'share8_prefault', 'cow_fault', 'cow_prefault',
-  'delete_while_mapped', 'map_pid_fault', 'map_pid_prefault', 'fuzz_ioctl_mmap', 'race_delete_map', 'memcg_charged', 'leak_loop', 'timing',
-  'rmmod_refused_while_mapped', 'node_module_same_result_as_cold', 'node_module_same_result_after_gc', 'node_module_reseeded', 'node_template_freed',
-  'rmmod_after_unmap', 'dmesg_clean',
+  'delete_while_mapped', 'map_pid_fault', 'map_pid_prefault', 'fs_template_file', 'fuzz_ioctl_mmap', 'race_delete_map', 'memcg_charged', 'leak_loop', 'timing',
+  'rmmod_refused_while_mapped', 'daemon_detects_module', 'node_module_same_result_as_cold', 'node_module_same_result_after_gc', 'node_module_reseeded', 'node_module_restored_from_template_file', 'node_template_freed',
+  'rmmod_refused_while_mounted', 'rmmod_after_unmap', 'dmesg_clean',
 ];
 
 test('mm_template kernel module in a QEMU guest: module tests and Node instances through it', { skip: missing(), timeout: 600_000 }, () => {

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Node (or any runtime) instances through /dev/mm_template, without changing the runtime:
+ * trenv-mmt: the daemon's helper for the mm_template kernel module (runtime-daemon/template/mmTemplate.ts;
+ * also used by the guest tests in kernel-modules/test). Node (or any runtime) instances through the
+ * module, without changing the runtime:
  *
- *   mmt_node build PID MAPFILE        PID is stopped: copy its resident private anonymous memory
+ *   trenv-mmt build PID MAPFILE         PID is stopped: copy its resident private anonymous memory
  *                                     (read through /proc/PID/mem) into one template; MAPFILE lists
  *                                     "addr len offset prot" runs for remap
- *   mmt_node remap MAPFILE PID [fault] PID is stopped and has the same layout (the template process
+ *   trenv-mmt remap MAPFILE PID [fault] PID is stopped and has the same layout (the template process
  *                                     itself, or a clone): map every run onto the template's file
  *                                     MMT_FS_DIR/<id> (MAP_PRIVATE|MAP_FIXED, prefaulted unless
  *                                     "fault"), replacing its private copies
- *   mmt_node delete MAPFILE           delete the template (freed when the last clone is gone)
+ *   trenv-mmt delete MAPFILE          delete the template (freed when the last clone is gone)
  *
  * Which memory: writable private anonymous mappings (incl. [heap] and V8's heap spaces) with
  * their resident pages only; not [stack], not file mappings (already shared by the page cache).
@@ -25,7 +27,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-#include "../mm_template/mm_template.h"
+#include "../../kernel-modules/mm_template/mm_template.h"
 
 #define PG 4096UL
 #define MAX_RUNS 8192
@@ -44,7 +46,7 @@ static double now_ms(void)
 
 static void die(const char *msg)
 {
-	fprintf(stderr, "mmt_node: %s: %s\n", msg, strerror(errno));
+	fprintf(stderr, "trenv-mmt: %s: %s\n", msg, strerror(errno));
 	exit(1);
 }
 
@@ -56,7 +58,7 @@ static void add_run(unsigned long region, unsigned long a, int prot)
 		struct run *r = &runs[nruns - 1];
 		if (a - (r->addr + r->len) < GAP_PAGES * PG) { r->len = a + PG - r->addr; return; }
 	}
-	if (nruns == MAX_RUNS) { fprintf(stderr, "mmt_node: too many runs\n"); exit(1); }
+	if (nruns == MAX_RUNS) { fprintf(stderr, "trenv-mmt: too many runs\n"); exit(1); }
 	runs[nruns++] = (struct run){ a, PG, 0, prot };
 	last_region = region;
 }
@@ -102,7 +104,7 @@ static int build(int pid, const char *mapfile)
 	int fd = open(MMT_DEVICE, O_RDWR | O_CLOEXEC);
 	if (fd < 0) die(MMT_DEVICE);
 	uint32_t v = 0;
-	if (ioctl(fd, MMT_IOC_VERSION, &v) || v != MMT_ABI_VERSION) { fprintf(stderr, "mmt_node: module ABI %u, want %d\n", v, MMT_ABI_VERSION); return 1; }
+	if (ioctl(fd, MMT_IOC_VERSION, &v) || v != MMT_ABI_VERSION) { fprintf(stderr, "trenv-mmt: module ABI %u, want %d\n", v, MMT_ABI_VERSION); return 1; }
 	struct mmt_create c = { .addr = (uintptr_t)buf, .len = total };
 	double t0 = now_ms();
 	if (ioctl(fd, MMT_IOC_CREATE, &c)) die("MMT_IOC_CREATE");
@@ -120,9 +122,9 @@ static uint32_t read_map(const char *mapfile)
 	FILE *f = fopen(mapfile, "r");
 	if (!f) die(mapfile);
 	uint32_t id; unsigned long bytes;
-	if (fscanf(f, "id %u runs %d bytes %lu\n", &id, &nruns, &bytes) != 3 || nruns > MAX_RUNS) { fprintf(stderr, "mmt_node: bad map file\n"); exit(1); }
+	if (fscanf(f, "id %u runs %d bytes %lu\n", &id, &nruns, &bytes) != 3 || nruns > MAX_RUNS) { fprintf(stderr, "trenv-mmt: bad map file\n"); exit(1); }
 	for (int i = 0; i < nruns; i++)
-		if (fscanf(f, "%lx %lx %lx %d\n", &runs[i].addr, &runs[i].len, &runs[i].off, &runs[i].prot) != 4) { fprintf(stderr, "mmt_node: bad map file\n"); exit(1); }
+		if (fscanf(f, "%lx %lx %lx %d\n", &runs[i].addr, &runs[i].len, &runs[i].off, &runs[i].prot) != 4) { fprintf(stderr, "trenv-mmt: bad map file\n"); exit(1); }
 	fclose(f);
 	return id;
 }
@@ -160,6 +162,6 @@ int main(int argc, char **argv)
 		if (fd < 0 || ioctl(fd, MMT_IOC_DELETE, &id)) die("MMT_IOC_DELETE");
 		return 0;
 	}
-	fprintf(stderr, "usage: mmt_node build PID MAPFILE | remap MAPFILE PID [fault] | delete MAPFILE\n");
+	fprintf(stderr, "usage: trenv-mmt build PID MAPFILE | remap MAPFILE PID [fault] | delete MAPFILE\n");
 	return 2;
 }
