@@ -110,6 +110,7 @@ async function startInstance(mode, name, cg, stress = false, kind = 'small') {
   } else {
     const img = mode.startsWith('module') ? '/tmp/img-mod' : '/tmp/img-criu';
     const script = `hostname ${name}
+rm -f /tmp/log/${name}.pid
 ${CRIU} restore -D ${img} -d -o /tmp/log/${name}.log --pidfile /tmp/log/${name}.pid >/dev/null 2>&1 || { echo "INFO criu restore of ${name} failed:"; tail -15 /tmp/log/${name}.log; : > /tmp/res/${name}.failed; exit 1; }
 kill -CONT $(cat /tmp/log/${name}.pid)
 cat /tmp/batch.fifo >/dev/null`;
