@@ -11,6 +11,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as E2B from 'e2b';
+import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { findImage } from '../../runtime-daemon/sandbox/vm';
 import { ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 
@@ -177,7 +178,7 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     console.log(`# 10 MB up + down through the guest: ${Date.now() - t0} ms`);
   });
 
-  test('kill ends the QEMU process; metadata {"trenv.sandbox":"microvm"}; pause/resume; timeout', { timeout: T }, async () => {
+  test('kill ends the QEMU process; metadata {"trenv.sandbox":"microvm"} with the code interpreter; pause/resume; timeout', { timeout: T }, async () => {
     const running = qemusOf(d.stateDir).length;
     assert.ok(running >= 1, 'the base-vm sandbox has a QEMU');
     await sb.kill();
@@ -185,8 +186,13 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     await assert.rejects(Sandbox.getInfo(sb.sandboxId), NotFoundError);
     assert.ok(!ps().sandboxes.some((s) => s.agent?.includes(sb.sandboxId)), 'no longer in trenv ps');
 
-    const m = track(await Sandbox.create('base', { metadata: { 'trenv.sandbox': 'microvm' }, timeoutMs: 120_000 }));
+    const m = track(await CodeSandbox.create({ metadata: { 'trenv.sandbox': 'microvm' }, timeoutMs: 120_000 }));
     assert.match((await m.commands.run('hostname')).stdout, /^trenv-vm-/);
+    // the code interpreter's python runs in the guest too, its state kept across cells
+    await m.runCode('import socket; x = 6');
+    const cell = await m.runCode('print(socket.gethostname()); x * 7');
+    assert.match(cell.logs.stdout.join(''), /^trenv-vm-/);
+    assert.equal(cell.text, '42');
     const bg = await m.commands.run('i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done', { background: true });
     await sleep(1000);
     assert.equal(await Sandbox.pause(m.sandboxId), true);

@@ -10,6 +10,10 @@
 // the daemon joins each one to the sandbox's own filtering CDP endpoint. The guest has no network
 // device: loopback is all it gets.
 //
+// A third port (org.trenv.exec) carries the processes of E2B sandboxes: the host starts commands
+// (pipes or a pty, as the sandbox user, in their own session) and exchanges their stdin, output,
+// signals, terminal size and exit as binary frames with a process id (see PROTOCOL.md).
+//
 // JSON is parsed and written with cJSON (Debian's libcjson). Byte streams travel base64-encoded so
 // a chunk that splits a UTF-8 sequence or carries binary output is passed on exactly.
 #define _GNU_SOURCE
