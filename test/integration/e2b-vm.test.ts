@@ -8,12 +8,12 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as E2B from 'e2b';
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { findImage } from '../../runtime-daemon/sandbox/vm';
-import { ROOT, startDaemon, TestDaemon, waitFor } from './harness';
+import { checkExitEnvAndOutput } from './e2bChecks';
+import { qemusOf, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 
 const { Sandbox, CommandExitError, SandboxError, FileNotFoundError, NotFoundError } = E2B;
 
@@ -33,21 +33,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function track<T extends { kill(): Promise<unknown> }>(s: T): T {
   created.push(s);
   return s;
-}
-
-/** QEMU processes started by this daemon (their command line holds its state dir). */
-function qemusOf(stateDir: string): number[] {
-  const out: number[] = [];
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.startsWith('qemu-system') && cmd.includes(`${stateDir}/`)) out.push(Number(p));
-    } catch {
-      /* exited */
-    }
-  }
-  return out;
 }
 
 function ps(): { sandboxes: Array<{ id: string; kind: string; agent?: string; state: string }> } {
@@ -89,19 +74,7 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     assert.equal(lines[4], 'trenv-guest', 'PID 1 is the guest agent');
     assert.equal(lines[5], '42');
     assert.equal(chunks.join(''), r.stdout, 'onStdout saw the same bytes');
-    await assert.rejects(sb.commands.run('echo before; exit 7'), (e: unknown) => {
-      assert.ok(e instanceof CommandExitError);
-      assert.equal(e.exitCode, 7);
-      assert.equal(e.stdout, 'before\n');
-      return true;
-    });
-    const envd = await sb.commands.run('echo "$FOO:$PWD"', { envs: { FOO: 'bar' }, cwd: '/tmp' });
-    assert.equal(envd.stdout, 'bar:/tmp\n');
-    let bytes = 0;
-    const many = await sb.commands.run('seq 1 200000', { onStdout: (x) => void (bytes += x.length) });
-    const expected = execFileSync('seq', ['1', '200000'], { encoding: 'utf8', maxBuffer: 1 << 26 });
-    assert.ok(many.stdout === expected, 'every byte, in order');
-    assert.equal(bytes, expected.length);
+    await checkExitEnvAndOutput(sb, 200_000);
     const info = await sb.getInfo();
     assert.equal(info.templateId, 'base-vm');
     const row = ps().sandboxes.find((s) => s.agent?.includes(sb.sandboxId));

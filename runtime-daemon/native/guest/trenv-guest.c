@@ -443,21 +443,63 @@ static void handle(char *line) {
   cJSON_Delete(req);
 }
 
+// ---- binary frames from the host (org.trenv.cdp, org.trenv.exec): type | id (u32 BE) | length (u32 BE) | payload
+
+struct framebuf {
+  unsigned char *data; // frames not yet complete
+  size_t len, cap;
+};
+
+// Appends a chunk and hands every complete frame to on_frame. A length above MAX_FRAME or a type
+// outside 1..max_type means the stream is out of step: what is buffered is dropped, on_bad is called.
+static void frames_feed(struct framebuf *b, const char *chunk, size_t got, int max_type, void (*on_frame)(int type, uint32_t id, const unsigned char *p, uint32_t len),
+                        void (*on_bad)(int type, uint32_t len)) {
+  if (b->len + got > b->cap) {
+    while (b->len + got > b->cap) b->cap = b->cap ? b->cap * 2 : 65536;
+    b->data = realloc(b->data, b->cap);
+  }
+  memcpy(b->data + b->len, chunk, got);
+  b->len += got;
+  size_t off = 0;
+  while (b->len - off >= FRAME_HDR) {
+    uint32_t id, len;
+    memcpy(&id, b->data + off + 1, 4);
+    memcpy(&len, b->data + off + 5, 4);
+    id = ntohl(id);
+    len = ntohl(len);
+    int type = b->data[off];
+    if (len > MAX_FRAME || type < 1 || type > max_type) {
+      b->len = off = 0;
+      on_bad(type, len);
+      break;
+    }
+    if (b->len - off < FRAME_HDR + len) break;
+    on_frame(type, id, b->data + off + FRAME_HDR, len);
+    off += FRAME_HDR + len;
+  }
+  memmove(b->data, b->data + off, b->len - off);
+  b->len -= off;
+}
+
 // ---- the browser relay: 127.0.0.1:9222 in the guest <-> frames on org.trenv.cdp
 
 static int cdp_port = -1, cdp_listen = -1;
 static struct { int fd; uint32_t id; } conns[MAX_CONNS];
 static uint32_t next_conn = 1;
-static unsigned char *cdp_in;      // frames from the host, not yet complete
-static size_t cdp_len, cdp_cap;
+static struct framebuf cdp_in;     // frames from the host, not yet complete
 
-static void send_frame(int type, uint32_t id, const void *data, uint32_t len) {
+// one frame to the host on a multiplexing port (org.trenv.cdp or org.trenv.exec)
+static void port_frame(int port, int type, uint32_t id, const void *data, uint32_t len) {
   unsigned char h[FRAME_HDR] = {(unsigned char)type};
   uint32_t nid = htonl(id), nlen = htonl(len);
   memcpy(h + 1, &nid, 4);
   memcpy(h + 5, &nlen, 4);
-  write_all(cdp_port, (const char *)h, sizeof h);
-  if (len) write_all(cdp_port, data, len);
+  write_all(port, (const char *)h, sizeof h);
+  if (len) write_all(port, data, len);
+}
+
+static void send_frame(int type, uint32_t id, const void *data, uint32_t len) {
+  port_frame(cdp_port, type, id, data, len);
 }
 
 static int conn_slot(uint32_t id) {
@@ -514,36 +556,21 @@ static void cdp_accept(void) {
   close(fd); // too many connections at once
 }
 
+static void cdp_frame(int type, uint32_t id, const unsigned char *p, uint32_t len) {
+  int i = conn_slot(id);
+  if (i >= 0 && type == F_DATA) {
+    if (write_wait(conns[i].fd, p, len, 5000) < 0) conn_close(i, 1); // the agent reads while it writes (CDP clients are asynchronous)
+  } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
+}
+
+static void cdp_bad(int type, uint32_t len) { // out of step with the host: drop every connection, start afresh
+  console("browser relay: bad frame from the host (type %d, length %u)", type, len);
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (conns[i].fd >= 0) conn_close(i, 1);
+}
+
 static void cdp_from_host(const char *chunk, size_t got) {
-  if (cdp_len + got > cdp_cap) {
-    while (cdp_len + got > cdp_cap) cdp_cap = cdp_cap ? cdp_cap * 2 : 65536;
-    cdp_in = realloc(cdp_in, cdp_cap);
-  }
-  memcpy(cdp_in + cdp_len, chunk, got);
-  cdp_len += got;
-  size_t off = 0;
-  while (cdp_len - off >= FRAME_HDR) {
-    uint32_t id, len;
-    memcpy(&id, cdp_in + off + 1, 4);
-    memcpy(&len, cdp_in + off + 5, 4);
-    id = ntohl(id);
-    len = ntohl(len);
-    if (len > MAX_FRAME) { // out of step with the host: drop every connection, start afresh
-      console("browser relay: bad frame from the host");
-      for (int i = 0; i < MAX_CONNS; i++)
-        if (conns[i].fd >= 0) conn_close(i, 1);
-      cdp_len = off = 0;
-      break;
-    }
-    if (cdp_len - off < FRAME_HDR + len) break;
-    int type = cdp_in[off], i = conn_slot(id);
-    if (i >= 0 && type == F_DATA) {
-      if (write_wait(conns[i].fd, cdp_in + off + FRAME_HDR, len, 5000) < 0) conn_close(i, 1); // the agent reads while it writes (CDP clients are asynchronous)
-    } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
-    off += FRAME_HDR + len;
-  }
-  memmove(cdp_in, cdp_in + off, cdp_len - off);
-  cdp_len -= off;
+  frames_feed(&cdp_in, chunk, got, 255, cdp_frame, cdp_bad);
 }
 
 // ---- commands of E2B sandboxes: processes multiplexed over org.trenv.exec (binary frames)
@@ -571,16 +598,10 @@ struct xproc {
 };
 static struct xproc xp[MAX_PROCS];
 static int exec_port = -1;
-static unsigned char *x_in;
-static size_t x_len, x_cap;
+static struct framebuf x_in;
 
 static void x_send(int type, uint32_t id, const void *data, uint32_t len) {
-  unsigned char h[FRAME_HDR] = {(unsigned char)type};
-  uint32_t nid = htonl(id), nlen = htonl(len);
-  memcpy(h + 1, &nid, 4);
-  memcpy(h + 5, &nlen, 4);
-  write_all(exec_port, (const char *)h, sizeof h);
-  if (len) write_all(exec_port, data, len);
+  port_frame(exec_port, type, id, data, len);
 }
 
 static void x_send_json(int type, uint32_t id, cJSON *o) {
@@ -799,32 +820,12 @@ static void x_frame(int type, uint32_t id, const unsigned char *data, uint32_t l
   else if (type == X_RELEASE) p->held = 0;
 }
 
+static void x_bad(int type, uint32_t len) {
+  console("exec port: bad frame from the host (type %d, length %u)", type, len);
+}
+
 static void x_from_host(const char *chunk, size_t got) {
-  if (x_len + got > x_cap) {
-    while (x_len + got > x_cap) x_cap = x_cap ? x_cap * 2 : 65536;
-    x_in = realloc(x_in, x_cap);
-  }
-  memcpy(x_in + x_len, chunk, got);
-  x_len += got;
-  size_t off = 0;
-  while (x_len - off >= FRAME_HDR) {
-    uint32_t id, len;
-    memcpy(&id, x_in + off + 1, 4);
-    memcpy(&len, x_in + off + 5, 4);
-    id = ntohl(id);
-    len = ntohl(len);
-    int type = x_in[off];
-    if (len > MAX_FRAME || type < X_SPAWN || type > X_RELEASE) { // out of step with the host: drop what is buffered
-      console("exec port: bad frame from the host (type %d, length %u)", type, len);
-      x_len = off = 0;
-      break;
-    }
-    if (x_len - off < FRAME_HDR + len) break;
-    x_frame(type, id, x_in + off + FRAME_HDR, len);
-    off += FRAME_HDR + len;
-  }
-  memmove(x_in, x_in + off, x_len - off);
-  x_len -= off;
+  frames_feed(&x_in, chunk, got, X_RELEASE, x_frame, x_bad);
 }
 
 // a process of ours exited (from reap): 1 if the pid was one
