@@ -5,7 +5,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
-import type { GuestProcess } from '../sandbox/vmExec';
+import { GuestProcess } from '../sandbox/vmExec';
 import type { E2bSandbox } from './sandboxes';
 
 export const SANDBOX_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: SANDBOX_HOME, LANG: 'C.UTF-8', USER: 'agent' };
@@ -61,5 +61,6 @@ export function spawnInside(sb: E2bSandbox, enterPath: string, argv: string[], o
 
 /** A GuestProcess behind a ChildProcess type (a microVM sandbox's). */
 export function guestProcess(p: ChildProcess | undefined): GuestProcess | undefined {
-  return p && (p as unknown as { resize?: unknown }).resize !== undefined && !(p instanceof ChildProcess) ? (p as unknown as GuestProcess) : undefined;
+  const g = p as unknown;
+  return g instanceof GuestProcess ? g : undefined;
 }

@@ -133,6 +133,12 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     assert.deepEqual(names, ['dir:/home/agent/dir/sub', 'file:/home/agent/dir/sub/b.txt']);
     assert.equal((await sb.files.getInfo('dir/sub/b.txt')).owner, 'agent');
     assert.equal((await sb.commands.run('cat dir/sub/b.txt')).stdout, 'hello file', 'the file is in the guest');
+    // watchDir: the file helper's fs.watch is inotify in the guest
+    const seen: string[] = [];
+    const h = await sb.files.watchDir('dir', (e) => void seen.push(`${e.type}:${e.name}`));
+    await sb.commands.run('echo x > dir/watched.txt');
+    await waitFor(() => seen.includes('create:watched.txt'), 20_000, `a create event, got ${JSON.stringify(seen)}`);
+    await h.stop();
     await sb.files.remove('dir');
     assert.equal(await sb.files.exists('dir'), false);
     await assert.rejects(sb.files.read('dir/sub/b.txt'), FileNotFoundError);
