@@ -42,6 +42,7 @@ export function spawnInside(sb: E2bSandbox, enterPath: string, argv: string[], o
       stdin: o.stdin,
       ...(o.pty ? { pty: o.pty } : {}),
       ...(o.fd3 !== undefined ? { fd3: o.fd3 } : {}),
+      nproc: sb.pidsMax,
     });
     return p as unknown as ChildProcess;
   }

@@ -79,6 +79,8 @@ export class E2bSandbox extends EventEmitter {
   /** what runs the sandbox: a container from the pool, or a microVM of its own */
   readonly container: ContainerSandbox | undefined;
   readonly vm: Vm | undefined;
+  /** a microVM's processes of the sandbox user at most (RLIMIT_NPROC; a container has its pids cgroup) */
+  pidsMax: number | undefined;
 
   get kind(): 'container' | 'microvm' {
     return this.vm ? 'microvm' : 'container';
@@ -273,6 +275,7 @@ export class E2bSandboxes extends EventEmitter {
     }
     const sb = new E2bSandbox(newSandboxId(), templateId, t.alias, vm, crypto.randomBytes(24).toString('hex'), metadata, envs, autoPause, Date.now(), timeout * 1000);
     sb.acquired = acquired;
+    sb.pidsMax = t.spec.pids;
     // QEMU gone (killed from outside, guest panic): the sandbox is over
     vm.once('exit', () => void this.kill(sb, 'the microVM stopped'));
     return this.register(sb, timeout);

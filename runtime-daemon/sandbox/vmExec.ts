@@ -45,6 +45,8 @@ export interface GuestSpawnOptions {
   pty?: { cols: number; rows: number };
   /** a small program (up to 64 KiB) the process reads from its fd 3 */
   fd3?: string;
+  /** RLIMIT_NPROC: processes of its uid at most (the sandbox's pids limit) */
+  nproc?: number;
 }
 
 export class GuestProcess extends EventEmitter {
@@ -162,7 +164,7 @@ export class GuestExec {
       return p;
     }
     const env = Object.entries(o.env).map(([k, v]) => `${k}=${v}`);
-    const req = { argv: o.argv, env, cwd: o.cwd, uid: o.uid, gid: o.gid, stdin: o.stdin, ...(o.pty ? { pty: o.pty } : {}), ...(o.fd3 !== undefined ? { fd3: o.fd3 } : {}) };
+    const req = { argv: o.argv, env, cwd: o.cwd, uid: o.uid, gid: o.gid, stdin: o.stdin, ...(o.pty ? { pty: o.pty } : {}), ...(o.fd3 !== undefined ? { fd3: o.fd3 } : {}), ...(o.nproc ? { nproc: o.nproc } : {}) };
     this.send(X.Spawn, id, Buffer.from(JSON.stringify(req)));
     return p;
   }

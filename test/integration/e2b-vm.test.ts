@@ -63,7 +63,7 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     sb = track(await Sandbox.create('base-vm'));
     const bootMs = Date.now() - t0;
     const chunks: string[] = [];
-    const r = await sb.commands.run('echo out1; echo err1 >&2; id -u; hostname; uname -r; cat /proc/1/comm; python3 -c "print(6*7)"', { onStdout: (s) => void chunks.push(s) });
+    const r = await sb.commands.run('echo out1; echo err1 >&2; id -u; hostname; uname -r; cat /proc/1/comm; python3 -c "print(6*7)"; ulimit -u', { onStdout: (s) => void chunks.push(s) });
     assert.equal(r.exitCode, 0);
     assert.equal(r.stderr, 'err1\n');
     const lines = r.stdout.trim().split('\n');
@@ -73,6 +73,7 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     assert.equal(lines[3], findImage().kernel, 'the guest kernel, not the host one');
     assert.equal(lines[4], 'trenv-guest', 'PID 1 is the guest agent');
     assert.equal(lines[5], '42');
+    assert.equal(lines[6], '256', "the template's pids limit is the sandbox user's RLIMIT_NPROC");
     assert.equal(chunks.join(''), r.stdout, 'onStdout saw the same bytes');
     await checkExitEnvAndOutput(sb, 200_000);
     const info = await sb.getInfo();

@@ -37,6 +37,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -639,6 +640,7 @@ static void x_close_in(struct xproc *p) {
 
 // {"argv":[...],"env":["K=V",...],"cwd":"/home/agent","uid":10001,"gid":10001,"stdin":true,"pty":{"cols":80,"rows":24},"fd3":"..."}
 // fd3: a small program the command reads from its fd 3 (a pipe holding exactly that text)
+// nproc: RLIMIT_NPROC of the command (the sandbox's pids limit: all processes of its user count)
 static void x_spawn(uint32_t id, const unsigned char *data, uint32_t len) {
   if (!id || x_find(id)) return x_started_error(id, "process id %u is in use", id);
   struct xproc *p = NULL;
@@ -648,7 +650,7 @@ static void x_spawn(uint32_t id, const unsigned char *data, uint32_t len) {
   cJSON *req = cJSON_ParseWithLength((const char *)data, len);
   if (!req) return x_started_error(id, "spawn: not JSON");
   cJSON *ja = cJSON_GetObjectItem(req, "argv"), *je = cJSON_GetObjectItem(req, "env"), *jpty = cJSON_GetObjectItem(req, "pty");
-  cJSON *juid = cJSON_GetObjectItem(req, "uid"), *jgid = cJSON_GetObjectItem(req, "gid");
+  cJSON *juid = cJSON_GetObjectItem(req, "uid"), *jgid = cJSON_GetObjectItem(req, "gid"), *jnproc = cJSON_GetObjectItem(req, "nproc");
   const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(req, "cwd"));
   int want_in = cJSON_IsTrue(cJSON_GetObjectItem(req, "stdin"));
   const char *fd3 = cJSON_GetStringValue(cJSON_GetObjectItem(req, "fd3"));
@@ -710,6 +712,10 @@ static void x_spawn(uint32_t id, const unsigned char *data, uint32_t len) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    if (cJSON_IsNumber(jnproc) && jnproc->valueint > 0) {
+      struct rlimit rl = {.rlim_cur = (rlim_t)jnproc->valueint, .rlim_max = (rlim_t)jnproc->valueint};
+      if (setrlimit(RLIMIT_NPROC, &rl)) _exit(126);
+    }
     gid_t g = (gid_t)jgid->valueint;
     if (setgroups(1, &g) || setresgid(g, g, g) || setresuid((uid_t)juid->valueint, (uid_t)juid->valueint, (uid_t)juid->valueint)) {
       dprintf(2, "cannot switch to uid %d: %s\n", juid->valueint, strerror(errno));
