@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 log() { printf '\033[1msetup-vm:\033[0m %s\n' "$*"; }
+warn() { printf '\033[1;33msetup-vm: warning:\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31msetup-vm: error:\033[0m %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (apt packages, image builds): run it with sudo"
 
@@ -53,7 +54,7 @@ mkdir -p runtime-daemon/native/build
 gcc -O2 -std=gnu11 -Wall -Wextra -Werror -o runtime-daemon/native/build/trenv-guest "$GUEST_SRC" -lcjson
 
 # ---- the build key: everything that goes into the images
-KEY=$( { echo "v3 $KVER"; sha256sum "$0" "$GUEST_SRC" runtime-daemon/runtimes/python/*.py runtime-daemon/runtimes/node/*.js runtime-daemon/runtimes/node/*.c;
+KEY=$( { echo "v4 $KVER"; sha256sum "$0" "$GUEST_SRC" runtime-daemon/runtimes/python/*.py runtime-daemon/runtimes/node/*.js runtime-daemon/runtimes/node/*.c;
   /usr/bin/python3 --version; /usr/bin/node --version; dpkg-query -W -f='${Version}' busybox-static; } | sha256sum | cut -c1-16)
 OUT="$VM_DIR/$KEY"
 if [ -f "$OUT/image.json" ]; then
@@ -112,6 +113,9 @@ for a in $("$RF/bin/busybox" --list); do [ -e "$RF/bin/$a" ] || ln -s busybox "$
 cp /usr/bin/python3.11 "$RF/usr/bin/python3.11"; ln -s python3.11 "$RF/usr/bin/python3"
 cp /usr/bin/node "$RF/usr/bin/node"
 cp runtime-daemon/native/build/trenv-guest "$RF/sbin/trenv-guest"
+# bash: E2B's SDKs run every command as `/bin/bash -l -c <cmd>`; /usr/bin/env for #! lines
+cp "$(readlink -f /bin/bash)" "$RF/bin/bash"; ln -s ../../bin/bash "$RF/usr/bin/bash"
+ln -s ../../bin/busybox "$RF/usr/bin/env"
 # the stdlib (with its compiled bytecode, so imports need no compiling) without its tests, GUI and build parts
 tar -C /usr/lib --exclude='python3.11/test' --exclude='python3.11/idlelib' --exclude='python3.11/tkinter' \
   --exclude='python3.11/turtledemo' --exclude='python3.11/lib2to3' --exclude='python3.11/ensurepip' \
@@ -120,7 +124,7 @@ cp -r runtime-daemon/runtimes/python runtime-daemon/runtimes/node "$RF/opt/trenv
 rm -f "$RF/opt/trenv/runtimes/node/"*.c
 [ -f "$RF/opt/trenv/runtimes/node/trenv_rand.node" ] || warn "the Node re-seed addon is not built: Node VM clones will share OpenSSL's DRBG state"
 # exactly the shared libraries these binaries load
-for b in /usr/bin/python3.11 /usr/bin/node runtime-daemon/native/build/trenv-guest /usr/lib/python3.11/lib-dynload/*.so; do
+for b in /usr/bin/python3.11 /usr/bin/node /bin/bash runtime-daemon/native/build/trenv-guest /usr/lib/python3.11/lib-dynload/*.so; do
   ldd "$b" 2>/dev/null | awk '/=> \//{print $3} /^\t\/lib64/{print $1}'
 done | sort -u | while read -r lib; do
   real=$(readlink -f "$lib")

@@ -188,6 +188,11 @@ export class Daemon {
         stateDir: this.paths.root,
         instanceId: this.paths.instanceId,
         pool: this.pool,
+        vms: {
+          boot: (memoryMb) => this.vmPool!.bootBare(memoryMb, 1, (process.env.TRENV_VM_ROOT === 'blk' ? 'blk' : 'pmem') as RootKind),
+          release: (vm) => this.vmPool!.release(vm),
+          unavailable: () => this.vmUnavailable(),
+        },
         emptyApp: this.paths.emptyApp,
         enterPath: path.join(this.nativeDir, 'trenv-enter'),
         templates: () => this.templates.list(),
@@ -338,6 +343,7 @@ export class Daemon {
   }
 
   private sandboxInfos(): SandboxInfo[] {
+    const e2b = this.e2b?.sandboxes.backingIds() ?? new Map();
     const vms: SandboxInfo[] = [...(this.vmPool?.all ?? [])]
       .filter((vm) => !vm.destroyed && vm.pid > 0)
       .map((vm) => ({
@@ -349,9 +355,9 @@ export class Daemon {
         uses: 0,
         createdAt: vm.createdAt,
         template: vm.template,
+        agent: this.containerLabel(undefined, e2b.get(vm.cfg.id)),
         memory: sampleProcesses([vm.pid]),
       }));
-    const e2b = this.e2b?.sandboxes.containerIds() ?? new Map();
     return vms.concat(this.pool.list().map((sb) => ({
       id: sb.id,
       kind: 'container',

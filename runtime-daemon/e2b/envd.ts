@@ -132,7 +132,7 @@ export function envdRoutes(router: ConnectRouter): void {
     },
     sendSignal(req, ctx) {
       const p = rt(ctx).procs.find(req.process?.selector as never);
-      const pids = rt(ctx).sb.container.cgroup.pids_();
+      const pids = rt(ctx).sb.hostPids();
       if (req.signal === Signal.SIGKILL) p.signal('SIGKILL', pids);
       else if (req.signal === Signal.SIGTERM) p.signal('SIGTERM', pids);
       else throw new ConnectError(`signal ${req.signal} is not supported (SIGTERM or SIGKILL)`, Code.InvalidArgument);

@@ -1,14 +1,15 @@
 /**
  * Filesystem access of an E2B sandbox. Paths are never resolved on the host: a small Node program
- * runs INSIDE the sandbox (through trenv-enter: its mount namespace, root and user), so `..`,
+ * runs INSIDE the sandbox (through trenv-enter: its mount namespace, root and user; in a microVM
+ * through the guest agent, as the guest's sandbox user), so `..`,
  * symlinks and permissions resolve exactly as they do for the sandbox's own processes and nothing
  * outside its root is reachable. One helper per sandbox, started on first use (and again if it
  * was killed), speaking JSON lines on stdin/stdout; file contents of /files stream through `cat` runs the same way.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import * as readline from 'node:readline';
-import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
+import { spawnInside } from './inside';
 import type { E2bSandbox } from './sandboxes';
 
 /** Runs inside the sandbox under node, read from fd 3. Requests {id, op, ...}; replies {id, result} | {id, error:{code,message}}; watch events {watch, events}. */
@@ -95,13 +96,6 @@ export class FsError extends Error {
   }
 }
 
-/** argv of trenv-enter that runs `cmd` inside the sandbox as its user. */
-export function enterArgv(sb: E2bSandbox, cmd: string[]): string[] {
-  return ['shell', String(sb.container.initPid), String(SANDBOX_UID), String(SANDBOX_GID), ...sb.container.cgroup.procsFiles, '--', ...cmd];
-}
-
-export const SANDBOX_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: SANDBOX_HOME, LANG: 'C.UTF-8', USER: 'agent' };
-
 export class FsHelper extends EventEmitter {
   private proc: ChildProcess | undefined;
   private ready: Promise<void> | undefined;
@@ -118,15 +112,8 @@ export class FsHelper extends EventEmitter {
     if (this.ready) return this.ready;
     this.ready = new Promise((resolve, reject) => {
       // the program comes on fd 3 (a short argv in `ps`, nothing to parse on the command line)
-      const proc = spawn(this.enterPath, enterArgv(this.sb, ['/usr/bin/node', '-e', 'eval(require("fs").readFileSync(3, "utf8"))']), {
-        env: SANDBOX_ENV,
-        cwd: '/',
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
-      });
+      const proc = spawnInside(this.sb, this.enterPath, ['/usr/bin/node', '-e', 'eval(require("fs").readFileSync(3, "utf8"))'], { stdin: true, fd3: HELPER });
       this.proc = proc;
-      const code = proc.stdio[3] as NodeJS.WritableStream;
-      code.on('error', () => undefined);
-      code.end(HELPER);
       let err = '';
       proc.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-2000)));
       proc.stdin!.on('error', () => undefined);

@@ -9,7 +9,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as readline from 'node:readline';
 import { SANDBOX_HOME } from '../sandbox/rootfs';
-import { enterArgv, SANDBOX_ENV } from './fsHelper';
+import { guestProcess, spawnInside } from './inside';
 import type { E2bSandbox } from './sandboxes';
 import { signalSession } from './processes';
 
@@ -107,16 +107,13 @@ class PyContext {
     if (this.proc && this.proc.exitCode === null && !this.proc.killed) return this.proc;
     // the sandbox's envs are set inside (by env), never in trenv-enter's own environment (root on the host)
     const userEnv = Object.entries(this.sb.envs).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).map(([k, v]) => `${k}=${v}`);
-    const proc = spawn(this.enterPath, enterArgv(this.sb, ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/env -- "$@"', this.cwd, ...userEnv, '/usr/bin/python3', '-u', '-c', 'import os\nwith os.fdopen(3) as f: src = f.read()\nexec(compile(src, "<trenv-repl>", "exec"))']), {
-      env: SANDBOX_ENV,
-      cwd: '/',
-      detached: true,
-      stdio: ['pipe', 'pipe', 'pipe', 'pipe'],
-    });
     // the REPL's program comes on fd 3: a short argv in `ps`
-    const code = proc.stdio[3] as NodeJS.WritableStream;
-    code.on('error', () => undefined);
-    code.end(REPL);
+    const proc = spawnInside(
+      this.sb,
+      this.enterPath,
+      ['/bin/sh', '-c', 'cd -- "$0" 2>/dev/null || cd; exec /usr/bin/env -- "$@"', this.cwd, ...userEnv, '/usr/bin/python3', '-u', '-c', 'import os\nwith os.fdopen(3) as f: src = f.read()\nexec(compile(src, "<trenv-repl>", "exec"))'],
+      { stdin: true, fd3: REPL, detached: true },
+    );
     this.proc = proc;
     this.exitErr = '';
     proc.stdin!.on('error', () => undefined);
@@ -164,11 +161,15 @@ class PyContext {
 
   /** KeyboardInterrupt in the running cell (not in trenv-enter, which SIGINT would end). */
   interrupt(): void {
-    if (this.proc?.pid) signalSession(this.proc.pid, 'SIGINT', this.sb.container.cgroup.pids_());
+    const g = guestProcess(this.proc);
+    if (g) g.kill('SIGINT');
+    else if (this.proc?.pid) signalSession(this.proc.pid, 'SIGINT', this.sb.hostPids());
   }
 
   kill(): void {
-    if (this.proc?.pid) {
+    const g = guestProcess(this.proc);
+    if (g) g.kill('SIGKILL');
+    else if (this.proc?.pid) {
       try {
         process.kill(-this.proc.pid, 'SIGKILL');
       } catch {

@@ -2,13 +2,19 @@
  * Processes inside an E2B sandbox (envd's process.Process). Each one runs through trenv-enter,
  * which joins the sandbox's cgroups, namespaces and root and drops to the sandbox user, so a
  * command has exactly the sandbox's view and limits. Pipes for stdout/stderr/stdin, or a pty
- * (node-pty) when asked. Pids are the daemon's own numbers per sandbox (not the in-sandbox pid).
+ * (node-pty) when asked. In a microVM sandbox the guest agent starts the command (as the same
+ * user, in its own session) and carries its streams, pty and signals (sandbox/vmExec.ts).
+ * Pids are the daemon's own numbers per sandbox (not the in-sandbox pid).
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter, on } from 'node:events';
 import { Code, ConnectError } from '@connectrpc/connect';
+import * as os from 'node:os';
+import { StringDecoder } from 'node:string_decoder';
 import { procStatFields } from '../metrics/smaps';
-import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
+import { SANDBOX_HOME } from '../sandbox/rootfs';
+import type { GuestProcess } from '../sandbox/vmExec';
+import { enterArgv, guestProcess, spawnInside } from './inside';
 import type { E2bSandbox } from './sandboxes';
 
 type Pty = {
@@ -80,6 +86,11 @@ export class SandboxProcess extends EventEmitter {
 
   /** Signals the command and what it started (see signalSession). */
   signal(sig: 'SIGKILL' | 'SIGTERM', sandboxPids: number[]): void {
+    const g = guestProcess(this.child);
+    if (g) {
+      if (!this.end) g.kill(sig); // the guest signals the command's session
+      return;
+    }
     const leader = this.child?.pid ?? this.pty?.pid;
     if (!leader || this.end) return;
     signalSession(leader, sig, sandboxPids);
@@ -180,10 +191,6 @@ export class ProcessTable {
     return Object.entries({ ...this.sb.envs, ...p.config.envs }).filter(([k]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k));
   }
 
-  private enterArgv(cmd: string[]): string[] {
-    return ['shell', String(this.sb.container.initPid), String(SANDBOX_UID), String(SANDBOX_GID), ...this.sb.container.cgroup.procsFiles, '--', ...cmd];
-  }
-
   /**
    * TrEnv's idea applied to commands: a shell that has already joined the sandbox (cgroups,
    * namespaces, root, user) waits for the next command, so joining is off the command's path.
@@ -191,8 +198,8 @@ export class ProcessTable {
    * the rest of stdin is the command's input. One per sandbox, made again after each use.
    */
   prepareStandby(): void {
-    if (this.disposed || this.standby || this.sb.state !== 'running') return;
-    const child = spawn(this.enterPath, this.enterArgv(['/usr/bin/bash', '--noprofile', '--norc', '-c', 'IFS= read -r -d "" s || exit 0; eval "$s"']), {
+    if (this.disposed || this.standby || this.sb.state !== 'running' || this.sb.vm) return;
+    const child = spawn(this.enterPath, enterArgv(this.sb, ['/usr/bin/bash', '--noprofile', '--norc', '-c', 'IFS= read -r -d "" s || exit 0; eval "$s"']), {
       env: this.baseEnv(false),
       cwd: '/',
       detached: true,
@@ -234,21 +241,21 @@ export class ProcessTable {
   spawn(p: SandboxProcess, o: StartOptions): void {
     const cwd = p.config.cwd || SANDBOX_HOME;
     const env = this.baseEnv(!!o.pty);
+    if (this.sb.vm) {
+      // the guest agent sets the environment and the dir itself: no shell in between
+      const pty = o.pty ? { cols: clamp(o.pty.cols, 80, 1000), rows: clamp(o.pty.rows, 24, 1000) } : undefined;
+      const child = spawnInside(this.sb, this.enterPath, [p.config.cmd, ...p.config.args], { stdin: o.stdin, env: { ...env, ...Object.fromEntries(this.userEnv(p)) }, cwd, ...(pty ? { pty } : {}) });
+      if (pty) p.pty = guestPty(guestProcess(child)!);
+      this.attach(p, child, false, pty ? 'pty' : undefined);
+      return;
+    }
     // inside the sandbox: a tiny sh changes to the asked dir (trenv-enter starts in /app), env sets the client's variables
-    const argv = this.enterArgv([
+    const argv = enterArgv(this.sb, [
       '/bin/sh', '-c', 'cd -- "$0" || exit 1; exec "$@"', cwd,
       '/usr/bin/env', '--', ...this.userEnv(p).map(([k, v]) => `${k}=${v}`), p.config.cmd, ...p.config.args,
     ]);
     const started = () => p.emitEvent({ case: 'start', value: { pid: p.pid } });
-    const finish = (code: number | null, signal: string | number | null | undefined, error?: string) => {
-      if (p.end) return;
-      if (signal) {
-        const n = typeof signal === 'number' ? signal : ({ SIGKILL: 9, SIGTERM: 15, SIGINT: 2, SIGHUP: 1 } as Record<string, number>)[signal] ?? 0;
-        p.emitEvent({ case: 'end', value: { exitCode: -1, exited: false, status: `signal: ${SIGNALS[n] ?? signal}`, error } });
-      } else {
-        p.emitEvent({ case: 'end', value: { exitCode: code ?? -1, exited: true, status: `exit status ${code ?? -1}`, error } });
-      }
-    };
+    const finish = (code: number | null, signal: string | number | null | undefined) => endProcess(p, code, signal);
     if (o.pty) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const nodePty = require('node-pty') as { spawn(file: string, args: string[], o: object): Pty };
@@ -265,6 +272,13 @@ export class ProcessTable {
     const ready = this.takeStandby(p, cwd);
     const child = ready ?? spawn(this.enterPath, argv, { env, cwd: '/', detached: true, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     if (ready && !o.stdin) ready.stdin!.end();
+    this.attach(p, child, !!ready);
+  }
+
+  /** Follows a started command's streams and exit (`outCase`: what its stdout is reported as). */
+  private attach(p: SandboxProcess, child: ChildProcess, ready: boolean, outCase?: 'pty'): void {
+    const started = () => p.emitEvent({ case: 'start', value: { pid: p.pid } });
+    const finish = (code: number | null, signal: string | number | null | undefined, error?: string) => endProcess(p, code, signal, error);
     p.child = child;
     child.stdin?.on('error', () => undefined); // EPIPE when the command does not read its input
     let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
@@ -274,7 +288,7 @@ export class ProcessTable {
     };
     for (const [stream, name] of [[child.stdout!, 'stdout'], [child.stderr!, 'stderr']] as const) {
       stream.on('data', (b: Buffer) => {
-        p.emitEvent({ case: 'data', value: { output: { case: name, value: b } } });
+        p.emitEvent({ case: 'data', value: { output: { case: outCase ?? name, value: b } } });
       });
       stream.on('close', () => {
         open--;
@@ -286,7 +300,7 @@ export class ProcessTable {
     child.on('error', (e) => {
       if (!child.pid) {
         started();
-        finish(127, null, `cannot start ${this.enterPath}: ${e.message}`);
+        finish(127, null, this.sb.vm ? `cannot start ${p.config.cmd} in the microVM: ${e.message}` : `cannot start ${this.enterPath}: ${e.message}`);
       }
     });
     child.on('exit', (code, signal) => {
@@ -316,9 +330,33 @@ export class ProcessTable {
       }
     }
     this.standby = undefined;
-    const pids = this.sb.container.cgroup.pids_();
+    const pids = this.sb.hostPids();
     for (const p of this.procs.values()) p.signal('SIGKILL', pids);
   }
+}
+
+/** The end event of a command from its exit code or the signal that ended it. */
+function endProcess(p: SandboxProcess, code: number | null, signal: string | number | null | undefined, error?: string): void {
+  if (p.end) return;
+  if (signal) {
+    const n = typeof signal === 'number' ? signal : ({ SIGKILL: 9, SIGTERM: 15, SIGINT: 2, SIGHUP: 1 } as Record<string, number>)[signal] ?? 0;
+    p.emitEvent({ case: 'end', value: { exitCode: -1, exited: false, status: `signal: ${SIGNALS[n] ?? signal}`, error } });
+  } else {
+    p.emitEvent({ case: 'end', value: { exitCode: code ?? -1, exited: true, status: `exit status ${code ?? -1}`, error } });
+  }
+}
+
+/** A microVM command's terminal as the Pty the envd handlers drive (input, resize, signals). */
+function guestPty(g: GuestProcess): Pty {
+  const dec = new StringDecoder('utf8');
+  return {
+    pid: g.pid ?? 0,
+    onData: (cb) => g.stdout.on('data', (b: Buffer) => cb(dec.write(b))),
+    onExit: (cb) => g.on('exit', (code: number | null, sig: NodeJS.Signals | null) => cb({ exitCode: code ?? -1, signal: sig ? os.constants.signals[sig] : undefined })),
+    write: (d) => void g.stdin?.write(Buffer.from(d, 'utf8')),
+    resize: (c, r) => g.resize(c, r),
+    kill: (sig) => void g.kill((sig as NodeJS.Signals | undefined) ?? 'SIGHUP'),
+  };
 }
 
 /**

@@ -32,10 +32,10 @@ export class SandboxRecord {
     this.record = {
       id: newInvocationId(sb.startedAt),
       agent: `e2b ${sb.id} (${sb.templateId})`,
-      agentDir: c.appDir ?? '',
-      runtime: c.spec.runtime,
-      sandboxKind: 'container',
-      sandboxId: c.id,
+      agentDir: c?.appDir ?? '',
+      runtime: c?.spec.runtime ?? 'python',
+      sandboxKind: sb.vm ? 'vm' : 'container',
+      sandboxId: sb.backingId,
       start: sb.acquired?.how,
       state: 'running',
       createdAt: sb.startedAt,
@@ -44,19 +44,19 @@ export class SandboxRecord {
     sink.create(this.record);
     const a = sb.acquired;
     if (a) {
-      this.span('pool.pick', a.pickNs[0], a.pickNs[1], { result: a.how, key: c.key });
+      if (c) this.span('pool.pick', a.pickNs[0], a.pickNs[1], { result: a.how, key: c.key });
       for (const s of a.spans) this.span(`${a.how === 'fresh' ? 'sandbox' : 'repurpose'}.${s.name}`, s.startNs, s.endNs);
       this.span('sandbox.ready', a.t0, a.t1, { how: a.how, e2bSandboxId: sb.id }, this.state());
     }
   }
 
-  private sample(pids = this.sb.container.cgroup.pids_()): MemorySample {
-    return sampleProcesses(pids, this.sb.container.cgroup.usageBytes());
+  private sample(pids = this.sb.hostPids()): MemorySample {
+    return sampleProcesses(pids, this.sb.container?.cgroup.usageBytes());
   }
 
   private state() {
-    const pids = this.sb.container.cgroup.pids_();
-    return { processes: pids.length, appDir: this.sb.container.appDir, memory: this.sample(pids) };
+    const pids = this.sb.hostPids();
+    return { processes: pids.length, appDir: this.sb.container?.appDir ?? '', memory: this.sample(pids) };
   }
 
   private span(name: string, start: bigint, end: bigint, attrs?: Record<string, string | number | boolean>, state?: TraceSpan['state']): void {

@@ -1,9 +1,10 @@
 /**
  * E2B sandboxes: what the E2B control plane creates, lists, pauses and kills. Each one holds a
  * container sandbox taken from the daemon's pool (so create costs what a repurposed start costs)
- * for its whole life, plus its own processes, watchers and interpreter contexts. One owner: every
- * E2B sandbox is ended here (kill, timeout, daemon stop), which kills its processes and gives the
- * container back to the pool, cleaned.
+ * for its whole life, or a microVM of its own (template "base-vm", or metadata
+ * {"trenv.sandbox": "microvm"}), plus its own processes, watchers and interpreter contexts. One
+ * owner: every E2B sandbox is ended here (kill, timeout, daemon stop), which kills its processes
+ * and gives the container back to the pool, cleaned, or destroys the microVM.
  */
 import * as crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -13,7 +14,9 @@ import type { ContainerSandbox, SandboxSpec } from '../sandbox/container';
 import type { SandboxPool } from '../sandbox/pool';
 import type { TemplateInfo } from '../protocol/messages';
 import { loadAgent } from '../manifest/manifest';
-import { procStatFields } from '../metrics/smaps';
+import { procStatFields, sampleProcesses } from '../metrics/smaps';
+import { Vm } from '../sandbox/vm';
+import { agentFiles } from '../template/vmTemplates';
 import { Freezer } from './freezer';
 import type { NativeSpan } from '../sandbox/sandboxd';
 import type { SandboxRecord } from './records';
@@ -21,7 +24,11 @@ import type { SandboxRecord } from './records';
 /** envd features the SDKs switch on by version: stdin (0.3.0), no default user (0.4.0), closeStdin (0.5.2), octet-stream upload (0.5.7). */
 export const ENVD_VERSION = '0.5.7';
 
-export const BUILTIN_TEMPLATES = ['base', 'code-interpreter-v1'];
+export const BUILTIN_TEMPLATES = ['base', 'code-interpreter-v1', 'base-vm'];
+
+/** Built-in templates that run in a microVM (any other template does with metadata {"trenv.sandbox": "microvm"}). */
+export const VM_TEMPLATES = ['base-vm'];
+export const SANDBOX_KIND_KEY = 'trenv.sandbox';
 
 /** Limits of the built-in templates (an agent template uses its manifest's). */
 const BUILTIN_SPEC: SandboxSpec = { runtime: 'python', memoryMb: 512, pids: 256, tmpfsMb: 256, network: 'none' };
@@ -42,7 +49,7 @@ export class E2bSandbox extends EventEmitter {
   /** started without the pool: its container is destroyed at the end, not kept */
   cold = false;
   /** how the container was obtained (for the record's trace) */
-  acquired: { how: 'fresh' | 'repurposed'; pickNs: [bigint, bigint]; spans: NativeSpan[]; t0: bigint; t1: bigint } | undefined;
+  acquired: { how: 'fresh' | 'repurposed' | 'vm-boot'; pickNs: [bigint, bigint]; spans: NativeSpan[]; t0: bigint; t1: bigint } | undefined;
   record: SandboxRecord | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** things living in the sandbox (processes, watchers, interpreters): disposed when it ends */
@@ -55,7 +62,7 @@ export class E2bSandbox extends EventEmitter {
     readonly id: string,
     readonly templateId: string,
     readonly alias: string | undefined,
-    readonly container: ContainerSandbox,
+    backing: ContainerSandbox | Vm,
     readonly token: string,
     readonly metadata: Record<string, string>,
     readonly envs: Record<string, string>,
@@ -65,10 +72,38 @@ export class E2bSandbox extends EventEmitter {
   ) {
     super();
     this.endAt = startedAt + timeoutMs;
+    if (backing instanceof Vm) this.vm = backing;
+    else this.container = backing;
+  }
+
+  /** what runs the sandbox: a container from the pool, or a microVM of its own */
+  readonly container: ContainerSandbox | undefined;
+  readonly vm: Vm | undefined;
+  /** a microVM's processes of the sandbox user at most (RLIMIT_NPROC; a container has its pids cgroup) */
+  pidsMax: number | undefined;
+
+  get kind(): 'container' | 'microvm' {
+    return this.vm ? 'microvm' : 'container';
+  }
+
+  /** The container's id or the microVM's. */
+  get backingId(): string {
+    return this.vm ? this.vm.cfg.id : this.container!.id;
   }
 
   get memoryMb(): number {
-    return this.container.spec.memoryMb;
+    return this.vm ? this.vm.cfg.memoryMb : this.container!.spec.memoryMb;
+  }
+
+  /** Host processes of the sandbox: the container's cgroup, or the microVM's QEMU. */
+  hostPids(): number[] {
+    return this.vm ? (this.vm.exited ? [] : [this.vm.pid]) : this.container!.cgroup.pids_();
+  }
+
+  /** Host memory charged to the sandbox: the container's cgroup usage, or QEMU's RSS. */
+  usageBytes(): number {
+    if (this.container) return this.container.cgroup.usageBytes();
+    return sampleProcesses(this.hostPids()).rssKb * 1024;
   }
 
   armTimer(onExpire: () => void): void {
@@ -94,8 +129,17 @@ export interface CreateParams {
   allow_internet_access?: unknown;
 }
 
+/** microVMs for E2B sandboxes (the daemon's VM pool): cold boots of the guest image, destroyed at the end. */
+export interface E2bVms {
+  boot(memoryMb: number): Promise<Vm>;
+  release(vm: Vm): Promise<void>;
+  /** why microVMs cannot start here (no guest image, no QEMU), or undefined */
+  unavailable(): string | undefined;
+}
+
 export interface SandboxesDeps {
   pool: SandboxPool;
+  vms?: E2bVms;
   emptyApp: string;
   templates(): TemplateInfo[];
   freezer: Freezer;
@@ -137,7 +181,7 @@ export class E2bSandboxes extends EventEmitter {
     if (!t) {
       throw new E2bError(
         404,
-        `template "${templateId}" not found: use "base", "code-interpreter-v1" or a trenv template name (trenv template ls; build one with trenv template build <agent-dir>)`,
+        `template "${templateId}" not found: use "base", "code-interpreter-v1", "base-vm" (a microVM) or a trenv template name (trenv template ls; build one with trenv template build <agent-dir>)`,
       );
     }
     const agent = loadAgent(t.agentDir);
@@ -165,6 +209,9 @@ export class E2bSandboxes extends EventEmitter {
     // trenv extension for comparisons: metadata {"trenv.start": "cold"} = new namespaces, cgroup and
     // mounts for this sandbox, destroyed at its end (what a start without the pool costs)
     const cold = opts.fresh === true || metadata['trenv.start'] === 'cold';
+    const kind = metadata[SANDBOX_KIND_KEY] ?? (VM_TEMPLATES.includes(templateId) ? 'microvm' : 'container');
+    if (kind !== 'container' && kind !== 'microvm') throw new E2bError(400, `metadata "${SANDBOX_KIND_KEY}" must be "container" or "microvm"`);
+    if (kind === 'microvm') return this.createVm(templateId, t, timeout, metadata, envs, p.autoPause === true);
     let container: ContainerSandbox;
     let acquired: E2bSandbox['acquired'];
     this.creating++;
@@ -182,17 +229,56 @@ export class E2bSandboxes extends EventEmitter {
       await this.d.pool.release(container, false);
       throw new E2bError(503, 'the trenv daemon is shutting down');
     }
-    const id = `i${crypto.randomBytes(10).toString('hex')}`;
-    const sb = new E2bSandbox(id, templateId, alias, container, crypto.randomBytes(24).toString('hex'), metadata, envs, p.autoPause === true, Date.now(), timeout * 1000);
+    const sb = new E2bSandbox(newSandboxId(), templateId, alias, container, crypto.randomBytes(24).toString('hex'), metadata, envs, p.autoPause === true, Date.now(), timeout * 1000);
     sb.cold = cold;
     sb.acquired = acquired;
     container.lastTemplate = `e2b:${templateId}`;
-    this.byId.set(id, sb);
+    return this.register(sb, timeout);
+  }
+
+  private register(sb: E2bSandbox, timeout: number): E2bSandbox {
+    this.byId.set(sb.id, sb);
     sb.armTimer(() => void this.expire(sb));
-    this.d.log(`e2b: sandbox ${id} (${templateId}) in ${container.id}, timeout ${timeout} s`);
+    this.d.log(`e2b: sandbox ${sb.id} (${sb.templateId}) in ${sb.backingId}, timeout ${timeout} s`);
     this.emit('created', sb);
     this.emit('changed');
     return sb;
+  }
+
+  /**
+   * A microVM sandbox: a cold boot of the guest image (no network device: allow_internet_access is
+   * not honoured), the template's agent files (if any) copied to /app. Its processes and files go
+   * through the guest agent (sandbox/vmExec.ts).
+   */
+  private async createVm(templateId: string, t: { spec: SandboxSpec; appDir: string; alias?: string }, timeout: number, metadata: Record<string, string>, envs: Record<string, string>, autoPause: boolean): Promise<E2bSandbox> {
+    const vms = this.d.vms;
+    const why = vms ? vms.unavailable() : 'this daemon has no microVM support';
+    if (!vms || why) throw new E2bError(500, `could not start a microVM sandbox for template "${templateId}": ${why}`);
+    let vm: Vm;
+    let acquired: E2bSandbox['acquired'];
+    this.creating++;
+    try {
+      const t0 = process.hrtime.bigint();
+      vm = await vms.boot(t.spec.memoryMb);
+      await vm.chan.request('hostname', { name: `trenv-${vm.cfg.id}` });
+      if (t.appDir !== this.d.emptyApp) await vm.chan.request('files', { dir: '/app', files: agentFiles(t.appDir) }, 30_000);
+      const t1 = process.hrtime.bigint();
+      acquired = { how: 'vm-boot', pickNs: [t0, t0], spans: [], t0, t1 };
+    } catch (e) {
+      throw new E2bError(500, `could not start a microVM sandbox for template "${templateId}": ${(e as Error).message}`);
+    } finally {
+      this.creating--;
+    }
+    if (this.closed) {
+      await vms.release(vm);
+      throw new E2bError(503, 'the trenv daemon is shutting down');
+    }
+    const sb = new E2bSandbox(newSandboxId(), templateId, t.alias, vm, crypto.randomBytes(24).toString('hex'), metadata, envs, autoPause, Date.now(), timeout * 1000);
+    sb.acquired = acquired;
+    sb.pidsMax = t.spec.pids;
+    // QEMU gone (killed from outside, guest panic): the sandbox is over
+    vm.once('exit', () => void this.kill(sb, 'the microVM stopped'));
+    return this.register(sb, timeout);
   }
 
   get(id: string): E2bSandbox | undefined {
@@ -215,9 +301,9 @@ export class E2bSandboxes extends EventEmitter {
     return [...this.byId.values()].filter((s) => s.state !== 'killed');
   }
 
-  /** The container sandbox ids held by E2B sandboxes (for the editor's sandbox list). */
-  containerIds(): Map<string, E2bSandbox> {
-    return new Map(this.list().map((s) => [s.container.id, s]));
+  /** The container and microVM ids held by E2B sandboxes (for the editor's sandbox list). */
+  backingIds(): Map<string, E2bSandbox> {
+    return new Map(this.list().map((s) => [s.backingId, s]));
   }
 
   setTimeout(sb: E2bSandbox, seconds: unknown): void {
@@ -242,9 +328,10 @@ export class E2bSandboxes extends EventEmitter {
     if (sb.state === 'paused') throw new E2bError(409, `sandbox ${sb.id} is already paused`);
     if (sb.state !== 'running') throw new E2bError(404, `sandbox ${sb.id} not found`);
     sb.stopTimer();
-    this.d.freezer.freeze(sb.id, sb.container.cgroup.pids_().filter((p) => p !== sb.container.initPid));
+    if (sb.vm) await sb.vm.qmp.cmd('stop');
+    else this.d.freezer.freeze(sb.id, sb.container!.cgroup.pids_().filter((p) => p !== sb.container!.initPid));
     sb.state = 'paused';
-    sb.record?.note('paused (cgroup freezer)');
+    sb.record?.note(sb.vm ? 'paused (QEMU stop: the vCPUs halt, memory stays)' : 'paused (cgroup freezer)');
     sb.emit('paused');
     this.emit('changed');
   }
@@ -253,7 +340,14 @@ export class E2bSandboxes extends EventEmitter {
   resume(sb: E2bSandbox, timeout: unknown): boolean {
     const wasPaused = sb.state === 'paused';
     if (wasPaused) {
-      this.d.freezer.thaw(sb.id);
+      if (sb.vm) {
+        const vm = sb.vm;
+        // the guest's wall clock stood still while it was stopped: set it again once it runs
+        void vm.qmp
+          .cmd('cont')
+          .then(() => vm.chan.request('clock', { epoch_ns: (BigInt(Date.now()) * 1_000_000n).toString() }))
+          .catch((e: Error) => this.d.log(`e2b: resuming ${sb.id}: ${e.message}`));
+      } else this.d.freezer.thaw(sb.id);
       sb.state = 'running';
       sb.record?.note('resumed');
     }
@@ -279,13 +373,16 @@ export class E2bSandboxes extends EventEmitter {
       }
     }
     sb.owned.clear();
-    // frozen tasks cannot die: thaw first, then the pool's clean kills everything in the sandbox
-    if (wasPaused || this.d.freezer.has(sb.id)) this.d.freezer.thaw(sb.id);
-    await this.d.pool.release(sb.container, !this.closed && !sb.cold);
-    try {
-      this.d.freezer.remove(sb.id);
-    } catch (e) {
-      this.d.log(`e2b: removing the freezer group of ${sb.id}: ${(e as Error).message}`);
+    if (sb.vm) await this.d.vms?.release(sb.vm);
+    else {
+      // frozen tasks cannot die: thaw first, then the pool's clean kills everything in the sandbox
+      if (wasPaused || this.d.freezer.has(sb.id)) this.d.freezer.thaw(sb.id);
+      await this.d.pool.release(sb.container!, !this.closed && !sb.cold);
+      try {
+        this.d.freezer.remove(sb.id);
+      } catch (e) {
+        this.d.log(`e2b: removing the freezer group of ${sb.id}: ${(e as Error).message}`);
+      }
     }
     this.d.log(`e2b: sandbox ${sb.id} ended (${why})`);
     this.emit('ended', sb, why);
@@ -296,6 +393,10 @@ export class E2bSandboxes extends EventEmitter {
     this.closed = true;
     await Promise.all(this.list().map((sb) => this.kill(sb, 'daemon stopping')));
   }
+}
+
+function newSandboxId(): string {
+  return `i${crypto.randomBytes(10).toString('hex')}`;
 }
 
 /** Sum of utime+stime (clock ticks) of these host pids. */

@@ -23,7 +23,8 @@ import { createContextValues } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { SANDBOX_HOME } from '../sandbox/rootfs';
 import { envdRoutes, kRuntime } from './envd';
-import { enterArgv, FsError, SANDBOX_ENV } from './fsHelper';
+import { FsError } from './fsHelper';
+import { spawnInside } from './inside';
 import { SandboxRuntime } from './runtime';
 import { cpuTicks, diskOf, E2bError, E2bSandbox, E2bSandboxes, ENVD_VERSION } from './sandboxes';
 
@@ -249,14 +250,14 @@ export class E2bServer {
 
   private sample(sb: E2bSandbox): void {
     const now = Date.now();
-    const ticks = cpuTicks(sb.container.cgroup.pids_());
+    const ticks = cpuTicks(sb.hostPids());
     const hz = 100;
     const cpus = os.cpus().length;
     const prev = sb.cpuMark;
     const cpuPct = prev && now > prev.at ? Math.max(0, Math.min(100, ((ticks - prev.ticks) / hz / ((now - prev.at) / 1000) / cpus) * 100)) : 0;
     sb.cpuMark = { at: now, ticks };
-    const disk = diskOf(sb.container.initPid);
-    sb.samples.push({ at: now, memUsed: sb.container.cgroup.usageBytes(), cpuPct: Number(cpuPct.toFixed(2)), diskUsed: disk.used, diskTotal: disk.total });
+    const disk = sb.container ? diskOf(sb.container.initPid) : { used: 0, total: 0 };
+    sb.samples.push({ at: now, memUsed: sb.usageBytes(), cpuPct: Number(cpuPct.toFixed(2)), diskUsed: disk.used, diskTotal: disk.total });
     if (sb.samples.length > 720) sb.samples.splice(0, sb.samples.length - 720);
     sb.record?.memory();
   }
@@ -285,7 +286,7 @@ export class E2bServer {
       endAt: new Date(sb.endAt).toISOString(),
       cpuCount: os.cpus().length,
       memoryMB: sb.memoryMb,
-      diskSizeMB: sb.container.spec.tmpfsMb,
+      diskSizeMB: sb.container?.spec.tmpfsMb ?? 64,
       metadata: sb.metadata,
       state: sb.state,
       envdVersion: ENVD_VERSION,
@@ -294,7 +295,7 @@ export class E2bServer {
   }
 
   private detail(sb: E2bSandbox): Record<string, unknown> {
-    return { ...this.listed(sb), envdAccessToken: sb.token, domain: null, allowInternetAccess: sb.container.spec.network === 'egress' };
+    return { ...this.listed(sb), envdAccessToken: sb.token, domain: null, allowInternetAccess: sb.container?.spec.network === 'egress' };
   }
 
   private list(url: URL, res: http.ServerResponse, v2: boolean): void {
@@ -358,9 +359,9 @@ export class E2bServer {
       return this.fsFail(res, e, p);
     }
     const gzip = /\bgzip\b/.test(header(req, 'accept-encoding') ?? '');
-    const cat = spawn(this.o.enterPath, enterArgv(rt.sb, ['/bin/cat', '--', info.path]), { env: SANDBOX_ENV, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
+    const cat = spawnInside(rt.sb, this.o.enterPath, ['/bin/cat', '--', info.path], { stdin: false });
     let err = '';
-    cat.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    cat.stderr!.on('data', (b: Buffer) => (err += b.toString()));
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Content-Disposition': `attachment; filename="${path.posix.basename(info.path).replace(/["\\\r\n]/g, '_')}"`,
@@ -368,8 +369,8 @@ export class E2bServer {
     });
     res.on('close', () => cat.kill('SIGKILL'));
     try {
-      if (gzip) await pipeline(cat.stdout, zlib.createGzip(), res);
-      else await pipeline(cat.stdout, res);
+      if (gzip) await pipeline(cat.stdout!, zlib.createGzip(), res);
+      else await pipeline(cat.stdout!, res);
     } catch {
       res.destroy();
     }
@@ -379,11 +380,12 @@ export class E2bServer {
   /** Writes one file inside the sandbox from a stream (parents created), as the sandbox user. */
   private writeInside(rt: SandboxRuntime, p: string, data: NodeJS.ReadableStream): Promise<{ path: string; name: string; type: 'file' }> {
     const abs = path.posix.resolve(SANDBOX_HOME, p);
-    const sh = spawn(this.o.enterPath, enterArgv(rt.sb, ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$0")" && exec cat > "$0"', abs]), { env: SANDBOX_ENV, cwd: '/', stdio: ['pipe', 'ignore', 'pipe'] });
+    const sh = spawnInside(rt.sb, this.o.enterPath, ['/bin/sh', '-c', 'mkdir -p -- "$(dirname -- "$0")" && exec cat > "$0"', abs], { stdin: true });
+    sh.stdout!.resume();
     let err = '';
-    sh.stderr.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-2000)));
+    sh.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-2000)));
     const done = new Promise<number>((resolve) => sh.on('close', (code) => resolve(code ?? 1)));
-    return pipeline(data, sh.stdin).then(
+    return pipeline(data, sh.stdin!).then(
       async () => {
         const code = await done;
         if (code !== 0) throw new HttpError(/denied/i.test(err) ? 403 : /space/i.test(err) ? 507 : 400, `cannot write ${abs}: ${err.trim() || `exit ${code}`}`);

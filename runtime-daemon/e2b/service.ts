@@ -7,7 +7,7 @@ import { e2bPaths, E2bInfoFile } from './paths';
 import type { SandboxPool } from '../sandbox/pool';
 import type { TemplateInfo } from '../protocol/messages';
 import { Freezer } from './freezer';
-import { E2bSandbox, E2bSandboxes } from './sandboxes';
+import { E2bSandbox, E2bSandboxes, E2bVms } from './sandboxes';
 import { DEFAULT_E2B_PORT, E2bServer, loadOrCreateApiKey } from './server';
 import { RecordSink, SandboxRecord } from './records';
 
@@ -15,6 +15,8 @@ export interface E2bServiceOptions {
   stateDir: string;
   instanceId: string;
   pool: SandboxPool;
+  /** microVMs for sandboxes that ask for one (absent: only containers) */
+  vms?: E2bVms;
   emptyApp: string;
   enterPath: string;
   templates(): TemplateInfo[];
@@ -43,6 +45,7 @@ export class E2bService {
     const max = Number(process.env.TRENV_E2B_MAX_SANDBOXES);
     this.sandboxes = new E2bSandboxes({
       pool: o.pool,
+      ...(o.vms ? { vms: o.vms } : {}),
       emptyApp: o.emptyApp,
       templates: o.templates,
       freezer: this.freezer,

@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import type { GuestMemory } from '../protocol/messages';
 import { CDP_PORT_NAME, CdpRelay } from './vmCdp';
+import { EXEC_PORT_NAME, GuestExec } from './vmExec';
 
 export type RootKind = 'pmem' | 'blk';
 export type Accel = 'kvm' | 'tcg';
@@ -280,6 +281,9 @@ export function qemuArgs(c: VmConfig): string[] {
     // the shared browser's relay (vmCdp.ts): guest 127.0.0.1:9222 <-> the sandbox's CDP endpoint
     '-chardev', `socket,id=cdp,path=${path.join(c.dir, 'cdp.sock')},server=on,wait=off`,
     '-device', `virtserialport,bus=vs.0,chardev=cdp,name=${CDP_PORT_NAME}`,
+    // processes of E2B sandboxes (vmExec.ts): commands, file helper, file transfers
+    '-chardev', `socket,id=exec,path=${path.join(c.dir, 'exec.sock')},server=on,wait=off`,
+    '-device', `virtserialport,bus=vs.0,chardev=exec,name=${EXEC_PORT_NAME}`,
     '-qmp', `unix:${path.join(c.dir, 'qmp.sock')},server=on,wait=off`,
     // a second QMP monitor for the developer's own tools (qmp-shell, an NMI to crash a wedged
     // guest): QEMU serves one client per monitor and the daemon holds the first
@@ -322,6 +326,8 @@ export class Vm extends EventEmitter {
   chan!: GuestChannel;
   /** the shared browser's relay (idle until the invoker gives it a target) */
   cdp!: CdpRelay;
+  /** processes started in the guest (E2B sandboxes' commands and file helper) */
+  exec!: GuestExec;
   readonly spans: Span[] = [];
   exited = false;
   exitInfo = '';
@@ -374,6 +380,7 @@ export class Vm extends EventEmitter {
     this.qmp = await Promise.race([Qmp.connect(path.join(this.cfg.dir, 'qmp.sock'), timeoutMs), exited]);
     this.chan = new GuestChannel(await Promise.race([connectUnix(path.join(this.cfg.dir, 'chan.sock'), timeoutMs), exited]));
     this.cdp = new CdpRelay(await Promise.race([connectUnix(path.join(this.cfg.dir, 'cdp.sock'), timeoutMs), exited]));
+    this.exec = new GuestExec(await Promise.race([connectUnix(path.join(this.cfg.dir, 'exec.sock'), timeoutMs), exited]));
     this.qmp.on('event', (ev: string, data: unknown) => {
       if (ev === 'GUEST_PANICKED') this.emit('panic', data);
     });
@@ -455,6 +462,7 @@ export class Vm extends EventEmitter {
     this.destroyed = true;
     this.chan?.close();
     this.cdp?.close();
+    this.exec?.close();
     this.qmp?.close();
     if (this.proc && !this.exited) {
       const gone = new Promise<void>((r) => this.proc.once('exit', () => r()));

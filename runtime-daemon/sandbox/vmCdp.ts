@@ -11,10 +11,9 @@
  * once. The frame format is also described in native/guest/PROTOCOL.md.
  */
 import * as net from 'node:net';
+import { FramePort } from './vmFrames';
 
 export const CDP_PORT_NAME = 'org.trenv.cdp';
-const HDR = 9;
-const MAX_FRAME = 1024 * 1024;
 const enum F {
   Open = 1,
   Data = 2,
@@ -24,13 +23,13 @@ const enum F {
 export class CdpRelay {
   private target: string | undefined;
   private readonly conns = new Map<number, net.Socket>();
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly frames: FramePort;
   /** connections the guest opened since the relay started (for traces and tests) */
   opened = 0;
 
   constructor(private readonly port: net.Socket) {
-    port.on('data', (d: Buffer) => this.feed(d));
-    port.on('error', () => undefined); // the VM went away: destroy() follows
+    // a frame longer than the format allows: out of step with the guest, nothing after it can be trusted
+    this.frames = new FramePort(port, (type, id, payload) => this.onFrame(type, id, payload), () => this.dropAll());
     port.on('close', () => this.dropAll());
   }
 
@@ -46,17 +45,7 @@ export class CdpRelay {
   }
 
   private frame(type: F, id: number, payload?: Buffer): void {
-    if (this.port.destroyed) return;
-    // chunks above MAX_FRAME are split: the guest drops frames it cannot hold
-    if (payload && payload.length > MAX_FRAME) {
-      for (let o = 0; o < payload.length; o += MAX_FRAME) this.frame(type, id, payload.subarray(o, o + MAX_FRAME));
-      return;
-    }
-    const h = Buffer.alloc(HDR);
-    h[0] = type;
-    h.writeUInt32BE(id, 1);
-    h.writeUInt32BE(payload?.length ?? 0, 5);
-    this.port.write(payload?.length ? Buffer.concat([h, payload]) : h);
+    this.frames.send(type, id, payload);
   }
 
   private dropAll(tellGuest = false): void {
@@ -67,31 +56,14 @@ export class CdpRelay {
     }
   }
 
-  private feed(d: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-    let off = 0;
-    while (this.buf.length - off >= HDR) {
-      const type = this.buf[off];
-      const id = this.buf.readUInt32BE(off + 1);
-      const len = this.buf.readUInt32BE(off + 5);
-      if (len > MAX_FRAME) {
-        // out of step with the guest: nothing after this can be trusted
-        this.buf = Buffer.alloc(0);
-        this.dropAll();
-        return;
-      }
-      if (this.buf.length - off < HDR + len) break;
-      const payload = this.buf.subarray(off + HDR, off + HDR + len);
-      off += HDR + len;
-      if (type === F.Open) this.open(id);
-      else if (type === F.Data) this.conns.get(id)?.write(Buffer.from(payload));
-      else if (type === F.Close) {
-        const c = this.conns.get(id);
-        this.conns.delete(id);
-        c?.end();
-      }
+  private onFrame(type: number, id: number, payload: Buffer): void {
+    if (type === F.Open) this.open(id);
+    else if (type === F.Data) this.conns.get(id)?.write(Buffer.from(payload));
+    else if (type === F.Close) {
+      const c = this.conns.get(id);
+      this.conns.delete(id);
+      c?.end();
     }
-    this.buf = this.buf.subarray(off);
   }
 
   private open(id: number): void {

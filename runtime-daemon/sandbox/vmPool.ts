@@ -82,12 +82,23 @@ export class VmPool extends EventEmitter {
     return vm;
   }
 
-  /** A cold VM: boot, copy the agent in, start its runtime shim (which loads the agent). */
-  async boot(agent: LoadedAgent, root: RootKind): Promise<Vm> {
+  /** A cold VM of the guest image, booted (its agent answering), nothing else started. */
+  async bootBare(memoryMb: number, vcpus: number, root: RootKind): Promise<Vm> {
     const id = this.newId();
-    const vm = this.track(new Vm({ id, dir: path.join(this.vmsDir, id), image: this.image(), accel: await this.accel(), memoryMb: vmMemoryMb(agent), vcpus: vmVcpus(agent), root }));
+    const vm = this.track(new Vm({ id, dir: path.join(this.vmsDir, id), image: this.image(), accel: await this.accel(), memoryMb, vcpus, root }));
     try {
       await vm.boot();
+    } catch (e) {
+      await this.release(vm);
+      throw e;
+    }
+    return vm;
+  }
+
+  /** A cold VM: boot, copy the agent in, start its runtime shim (which loads the agent). */
+  async boot(agent: LoadedAgent, root: RootKind): Promise<Vm> {
+    const vm = await this.bootBare(vmMemoryMb(agent), vmVcpus(agent), root);
+    try {
       const t0 = process.hrtime.bigint();
       await vm.chan.request('files', { dir: '/app', files: agentFiles(agent.dir) }, 30_000);
       vm.spans.push({ name: 'vm.files', startNs: t0, endNs: process.hrtime.bigint() });

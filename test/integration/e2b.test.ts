@@ -15,6 +15,7 @@ import * as E2B from 'e2b';
 import * as E2BOld from 'e2b-old';
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { Methods } from '../../runtime-daemon/protocol/messages';
+import { checkExitEnvAndOutput } from './e2bChecks';
 import { cgroupDirsOfInstance, EXAMPLES, processesOfInstance, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 
 const { Sandbox, CommandExitError, AuthenticationError, SandboxError, NotFoundError, FileNotFoundError, TimeoutError } = E2B;
@@ -78,21 +79,8 @@ describe('commands', () => {
     assert.match(lines[2], /^trenv-/, 'in the sandbox UTS namespace');
     assert.deepEqual(lines.slice(3), ['42', '42'], 'python3 and node are available');
     assert.equal(chunks.join(''), r.stdout, 'onStdout saw the same bytes');
-    await assert.rejects(sb.commands.run('echo before; exit 7'), (e: unknown) => {
-      assert.ok(e instanceof CommandExitError);
-      assert.equal(e.exitCode, 7);
-      assert.equal(e.stdout, 'before\n');
-      return true;
-    });
-    const envd = await sb.commands.run('echo "$FOO:$PWD"', { envs: { FOO: 'bar' }, cwd: '/tmp' });
-    assert.equal(envd.stdout, 'bar:/tmp\n');
-    // a lot of output, fast: every byte arrives, in order (the command waits when the reader lags)
-    let bytes = 0;
-    const many = await sb.commands.run('seq 1 1500000', { onStdout: (x) => void (bytes += x.length) });
-    const expected = execFileSync('seq', ['1', '1500000'], { encoding: 'utf8', maxBuffer: 1 << 26 });
-    assert.equal(many.stdout.length, expected.length);
-    assert.equal(bytes, expected.length);
-    assert.ok(many.stdout === expected, 'same bytes in the same order');
+    // and a lot of output, fast
+    await checkExitEnvAndOutput(sb, 1_500_000);
   });
 
   test('allowInternetAccess: a base sandbox with the slirp network (off by default)', { timeout: T }, async () => {

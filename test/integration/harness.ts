@@ -99,6 +99,21 @@ export function processesOfInstance(instanceId: string): number[] {
   return out;
 }
 
+/** QEMU processes whose command line points into this state dir. */
+export function qemusOf(stateDir: string): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.startsWith('qemu-system') && cmd.includes(stateDir)) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
 export function cgroupDirsOfInstance(instanceId: string): string[] {
   const out: string[] = [];
   for (const base of ['/sys/fs/cgroup/memory', '/sys/fs/cgroup/pids', '/sys/fs/cgroup']) {

@@ -11,27 +11,12 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { copyAgent, EXAMPLES, pidAlive, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
+import { copyAgent, EXAMPLES, pidAlive, qemusOf, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 import { InvocationDetail, Methods, TraceSpan } from '../../runtime-daemon/protocol/messages';
 import { findImage, probeAccel } from '../../runtime-daemon/sandbox/vm';
 
 const VMPROBE = path.join(ROOT, 'test/fixtures/agents/vmprobe');
 let d: TestDaemon;
-
-/** QEMU processes whose command line points into this state dir. */
-function qemusOf(stateDir: string): number[] {
-  const out: number[] = [];
-  for (const p of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.startsWith('qemu-system') && cmd.includes(stateDir)) out.push(Number(p));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
 
 function sha256(p: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');

@@ -10,6 +10,10 @@
 // the daemon joins each one to the sandbox's own filtering CDP endpoint. The guest has no network
 // device: loopback is all it gets.
 //
+// A third port (org.trenv.exec) carries the processes of E2B sandboxes: the host starts commands
+// (pipes or a pty, as the sandbox user, in their own session) and exchanges their stdin, output,
+// signals, terminal size and exit as binary frames with a process id (see PROTOCOL.md).
+//
 // JSON is parsed and written with cJSON (Debian's libcjson). Byte streams travel base64-encoded so
 // a chunk that splits a UTF-8 sequence or carries binary output is passed on exactly.
 #define _GNU_SOURCE
@@ -23,6 +27,7 @@
 #include <arpa/inet.h>
 #include <linux/random.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -32,6 +37,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -375,10 +381,13 @@ static cJSON *mem_report(void) {
   return o;
 }
 
+static int x_reaped(pid_t pid, int status);
+
 static void reap(void) {
   int st;
   pid_t p;
   while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+    if (x_reaped(p, st)) continue;
     if (p == child) {
       exit_pending = 1;
       exit_status = st;
@@ -435,21 +444,63 @@ static void handle(char *line) {
   cJSON_Delete(req);
 }
 
+// ---- binary frames from the host (org.trenv.cdp, org.trenv.exec): type | id (u32 BE) | length (u32 BE) | payload
+
+struct framebuf {
+  unsigned char *data; // frames not yet complete
+  size_t len, cap;
+};
+
+// Appends a chunk and hands every complete frame to on_frame. A length above MAX_FRAME or a type
+// outside 1..max_type means the stream is out of step: what is buffered is dropped, on_bad is called.
+static void frames_feed(struct framebuf *b, const char *chunk, size_t got, int max_type, void (*on_frame)(int type, uint32_t id, const unsigned char *p, uint32_t len),
+                        void (*on_bad)(int type, uint32_t len)) {
+  if (b->len + got > b->cap) {
+    while (b->len + got > b->cap) b->cap = b->cap ? b->cap * 2 : 65536;
+    b->data = realloc(b->data, b->cap);
+  }
+  memcpy(b->data + b->len, chunk, got);
+  b->len += got;
+  size_t off = 0;
+  while (b->len - off >= FRAME_HDR) {
+    uint32_t id, len;
+    memcpy(&id, b->data + off + 1, 4);
+    memcpy(&len, b->data + off + 5, 4);
+    id = ntohl(id);
+    len = ntohl(len);
+    int type = b->data[off];
+    if (len > MAX_FRAME || type < 1 || type > max_type) {
+      b->len = off = 0;
+      on_bad(type, len);
+      break;
+    }
+    if (b->len - off < FRAME_HDR + len) break;
+    on_frame(type, id, b->data + off + FRAME_HDR, len);
+    off += FRAME_HDR + len;
+  }
+  memmove(b->data, b->data + off, b->len - off);
+  b->len -= off;
+}
+
 // ---- the browser relay: 127.0.0.1:9222 in the guest <-> frames on org.trenv.cdp
 
 static int cdp_port = -1, cdp_listen = -1;
 static struct { int fd; uint32_t id; } conns[MAX_CONNS];
 static uint32_t next_conn = 1;
-static unsigned char *cdp_in;      // frames from the host, not yet complete
-static size_t cdp_len, cdp_cap;
+static struct framebuf cdp_in;     // frames from the host, not yet complete
 
-static void send_frame(int type, uint32_t id, const void *data, uint32_t len) {
+// one frame to the host on a multiplexing port (org.trenv.cdp or org.trenv.exec)
+static void port_frame(int port, int type, uint32_t id, const void *data, uint32_t len) {
   unsigned char h[FRAME_HDR] = {(unsigned char)type};
   uint32_t nid = htonl(id), nlen = htonl(len);
   memcpy(h + 1, &nid, 4);
   memcpy(h + 5, &nlen, 4);
-  write_all(cdp_port, (const char *)h, sizeof h);
-  if (len) write_all(cdp_port, data, len);
+  write_all(port, (const char *)h, sizeof h);
+  if (len) write_all(port, data, len);
+}
+
+static void send_frame(int type, uint32_t id, const void *data, uint32_t len) {
+  port_frame(cdp_port, type, id, data, len);
 }
 
 static int conn_slot(uint32_t id) {
@@ -506,36 +557,328 @@ static void cdp_accept(void) {
   close(fd); // too many connections at once
 }
 
+static void cdp_frame(int type, uint32_t id, const unsigned char *p, uint32_t len) {
+  int i = conn_slot(id);
+  if (i >= 0 && type == F_DATA) {
+    if (write_wait(conns[i].fd, p, len, 5000) < 0) conn_close(i, 1); // the agent reads while it writes (CDP clients are asynchronous)
+  } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
+}
+
+static void cdp_bad(int type, uint32_t len) { // out of step with the host: drop every connection, start afresh
+  console("browser relay: bad frame from the host (type %d, length %u)", type, len);
+  for (int i = 0; i < MAX_CONNS; i++)
+    if (conns[i].fd >= 0) conn_close(i, 1);
+}
+
 static void cdp_from_host(const char *chunk, size_t got) {
-  if (cdp_len + got > cdp_cap) {
-    while (cdp_len + got > cdp_cap) cdp_cap = cdp_cap ? cdp_cap * 2 : 65536;
-    cdp_in = realloc(cdp_in, cdp_cap);
+  frames_feed(&cdp_in, chunk, got, 255, cdp_frame, cdp_bad);
+}
+
+// ---- commands of E2B sandboxes: processes multiplexed over org.trenv.exec (binary frames)
+//
+// Frame: type (1) | process id (u32 BE, chosen by the host) | payload length (u32 BE) | payload.
+// host -> guest: X_SPAWN (JSON), X_STDIN (bytes), X_CLOSE_STDIN, X_SIGNAL (1 byte), X_RESIZE
+// (cols u16 BE, rows u16 BE), X_HOLD / X_RELEASE (stop / go on reading the process's output).
+// guest -> host: X_STARTED (JSON {pid} or {error}), X_STDOUT, X_STDERR (bytes), X_EXIT (JSON).
+
+#define EXEC_PORT_NAME "org.trenv.exec"
+#define MAX_PROCS 64
+#define STDIN_HIGH (8 * 1024 * 1024) // queued input above which the port is not read (backpressure)
+#define EXIT_GRACE_NS 200000000ull   // output a background child keeps open after the command exited
+enum { X_SPAWN = 1, X_STDIN = 2, X_CLOSE_STDIN = 3, X_SIGNAL = 4, X_RESIZE = 5, X_HOLD = 6, X_RELEASE = 7 };
+enum { X_STARTED = 1, X_STDOUT = 2, X_STDERR = 3, X_EXIT = 4 };
+
+struct xproc {
+  uint32_t id;    // 0: free slot
+  pid_t pid;      // session and process group leader
+  int in_fd, out_fd, err_fd, pty_fd;
+  int held, exited, status, close_in;
+  uint64_t exited_at;
+  unsigned char *inq; // input not yet written to the process
+  size_t inq_off, inq_len, inq_cap;
+};
+static struct xproc xp[MAX_PROCS];
+static int exec_port = -1;
+static struct framebuf x_in;
+
+static void x_send(int type, uint32_t id, const void *data, uint32_t len) {
+  port_frame(exec_port, type, id, data, len);
+}
+
+static void x_send_json(int type, uint32_t id, cJSON *o) {
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!s) return;
+  x_send(type, id, s, (uint32_t)strlen(s));
+  free(s);
+}
+
+static void x_started_error(uint32_t id, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "error", msg);
+  x_send_json(X_STARTED, id, o);
+}
+
+static struct xproc *x_find(uint32_t id) {
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (xp[i].id && xp[i].id == id) return &xp[i];
+  return NULL;
+}
+
+static void x_close_in(struct xproc *p) {
+  if (p->in_fd >= 0) close(p->in_fd);
+  p->in_fd = -1;
+  free(p->inq);
+  p->inq = NULL;
+  p->inq_off = p->inq_len = p->inq_cap = 0;
+}
+
+// {"argv":[...],"env":["K=V",...],"cwd":"/home/agent","uid":10001,"gid":10001,"stdin":true,"pty":{"cols":80,"rows":24},"fd3":"..."}
+// fd3: a small program the command reads from its fd 3 (a pipe holding exactly that text)
+// nproc: RLIMIT_NPROC of the command (the sandbox's pids limit: all processes of its user count)
+static void x_spawn(uint32_t id, const unsigned char *data, uint32_t len) {
+  if (!id || x_find(id)) return x_started_error(id, "process id %u is in use", id);
+  struct xproc *p = NULL;
+  for (int i = 0; i < MAX_PROCS && !p; i++)
+    if (!xp[i].id) p = &xp[i];
+  if (!p) return x_started_error(id, "too many processes at once (%d)", MAX_PROCS);
+  cJSON *req = cJSON_ParseWithLength((const char *)data, len);
+  if (!req) return x_started_error(id, "spawn: not JSON");
+  cJSON *ja = cJSON_GetObjectItem(req, "argv"), *je = cJSON_GetObjectItem(req, "env"), *jpty = cJSON_GetObjectItem(req, "pty");
+  cJSON *juid = cJSON_GetObjectItem(req, "uid"), *jgid = cJSON_GetObjectItem(req, "gid"), *jnproc = cJSON_GetObjectItem(req, "nproc");
+  const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(req, "cwd"));
+  int want_in = cJSON_IsTrue(cJSON_GetObjectItem(req, "stdin"));
+  const char *fd3 = cJSON_GetStringValue(cJSON_GetObjectItem(req, "fd3"));
+  char **argv = NULL, **envp = NULL;
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, prog[2] = {-1, -1}, master = -1, slave = -1;
+  if (!cJSON_IsArray(ja) || cJSON_GetArraySize(ja) < 1 || !cJSON_IsArray(je) || !cJSON_IsNumber(juid) || !cJSON_IsNumber(jgid) || !cwd) {
+    x_started_error(id, "spawn needs argv, env, cwd, uid and gid");
+    goto out;
   }
-  memcpy(cdp_in + cdp_len, chunk, got);
-  cdp_len += got;
-  size_t off = 0;
-  while (cdp_len - off >= FRAME_HDR) {
-    uint32_t id, len;
-    memcpy(&id, cdp_in + off + 1, 4);
-    memcpy(&len, cdp_in + off + 5, 4);
-    id = ntohl(id);
-    len = ntohl(len);
-    if (len > MAX_FRAME) { // out of step with the host: drop every connection, start afresh
-      console("browser relay: bad frame from the host");
-      for (int i = 0; i < MAX_CONNS; i++)
-        if (conns[i].fd >= 0) conn_close(i, 1);
-      cdp_len = off = 0;
-      break;
+  argv = str_array(ja);
+  envp = str_array(je);
+  if (!argv || !envp) {
+    x_started_error(id, "argv and env must be strings");
+    goto out;
+  }
+  if (cJSON_IsObject(jpty)) {
+    struct winsize ws = {.ws_row = 24, .ws_col = 80};
+    cJSON *c = cJSON_GetObjectItem(jpty, "cols"), *r = cJSON_GetObjectItem(jpty, "rows");
+    if (cJSON_IsNumber(c) && c->valueint > 0 && c->valueint <= 1000) ws.ws_col = (unsigned short)c->valueint;
+    if (cJSON_IsNumber(r) && r->valueint > 0 && r->valueint <= 1000) ws.ws_row = (unsigned short)r->valueint;
+    if (openpty(&master, &slave, NULL, NULL, &ws)) {
+      x_started_error(id, "openpty: %s", strerror(errno));
+      goto out;
     }
-    if (cdp_len - off < FRAME_HDR + len) break;
-    int type = cdp_in[off], i = conn_slot(id);
-    if (i >= 0 && type == F_DATA) {
-      if (write_wait(conns[i].fd, cdp_in + off + FRAME_HDR, len, 5000) < 0) conn_close(i, 1); // the agent reads while it writes (CDP clients are asynchronous)
-    } else if (i >= 0 && type == F_CLOSE) conn_close(i, 0);
-    off += FRAME_HDR + len;
+    fcntl(master, F_SETFD, FD_CLOEXEC);
+    fcntl(slave, F_SETFD, FD_CLOEXEC);
+  } else if ((want_in && pipe2(in, O_CLOEXEC)) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+    x_started_error(id, "pipe: %s", strerror(errno));
+    goto out;
   }
-  memmove(cdp_in, cdp_in + off, cdp_len - off);
-  cdp_len -= off;
+  if (fd3) { // the whole text must fit in the pipe: nothing waits to write the rest
+    if (pipe2(prog, O_CLOEXEC) || strlen(fd3) > (size_t)fcntl(prog[1], F_GETPIPE_SZ) || write(prog[1], fd3, strlen(fd3)) != (ssize_t)strlen(fd3)) {
+      x_started_error(id, "fd3: the program does not fit in a pipe");
+      goto out;
+    }
+    close(prog[1]);
+    prog[1] = -1;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    x_started_error(id, "fork: %s", strerror(errno));
+    goto out;
+  }
+  if (pid == 0) {
+    setsid(); // its own session and process group: signals reach what it starts, not the agent
+    if (master >= 0) {
+      ioctl(slave, TIOCSCTTY, 0);
+      dup2(slave, 0);
+      dup2(slave, 1);
+      dup2(slave, 2);
+    } else {
+      int nul = open("/dev/null", O_RDONLY);
+      dup2(want_in ? in[0] : nul, 0);
+      dup2(out[1], 1);
+      dup2(err[1], 2);
+    }
+    if (prog[0] >= 0) dup2(prog[0], 3);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (cJSON_IsNumber(jnproc) && jnproc->valueint > 0) {
+      struct rlimit rl = {.rlim_cur = (rlim_t)jnproc->valueint, .rlim_max = (rlim_t)jnproc->valueint};
+      if (setrlimit(RLIMIT_NPROC, &rl)) _exit(126);
+    }
+    gid_t g = (gid_t)jgid->valueint;
+    if (setgroups(1, &g) || setresgid(g, g, g) || setresuid((uid_t)juid->valueint, (uid_t)juid->valueint, (uid_t)juid->valueint)) {
+      dprintf(2, "cannot switch to uid %d: %s\n", juid->valueint, strerror(errno));
+      _exit(126);
+    }
+    if (chdir(cwd)) {
+      dprintf(2, "cd: %s: %s\n", cwd, strerror(errno));
+      _exit(1);
+    }
+    environ = envp;
+    execvp(argv[0], argv);
+    dprintf(2, "%s: %s\n", argv[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+  }
+  memset(p, 0, sizeof *p);
+  p->id = id;
+  p->pid = pid;
+  p->in_fd = p->out_fd = p->err_fd = p->pty_fd = -1;
+  if (master >= 0) {
+    p->pty_fd = master;
+    p->out_fd = master;
+    p->in_fd = dup(master);
+    fcntl(p->in_fd, F_SETFD, FD_CLOEXEC);
+    master = -1;
+  } else {
+    p->out_fd = out[0];
+    p->err_fd = err[0];
+    p->in_fd = in[1];
+    out[0] = err[0] = in[1] = -1;
+  }
+  fcntl(p->out_fd, F_SETFL, O_NONBLOCK);
+  if (p->err_fd >= 0) fcntl(p->err_fd, F_SETFL, O_NONBLOCK);
+  if (p->in_fd >= 0) fcntl(p->in_fd, F_SETFL, O_NONBLOCK);
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "pid", pid);
+  x_send_json(X_STARTED, id, o);
+out:
+  for (int i = 0; i < 2; i++) {
+    if (in[i] >= 0) close(in[i]);
+    if (out[i] >= 0) close(out[i]);
+    if (err[i] >= 0) close(err[i]);
+    if (prog[i] >= 0) close(prog[i]);
+  }
+  if (slave >= 0) close(slave);
+  if (master >= 0) close(master);
+  free(argv);
+  free(envp);
+  cJSON_Delete(req);
+}
+
+static size_t x_queued(void) {
+  size_t n = 0;
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (xp[i].id) n += xp[i].inq_len - xp[i].inq_off;
+  return n;
+}
+
+// writes what is queued for the process's stdin as far as it takes it; closes it when asked and drained
+static void x_flush_in(struct xproc *p) {
+  while (p->in_fd >= 0 && p->inq_off < p->inq_len) {
+    ssize_t w = write(p->in_fd, p->inq + p->inq_off, p->inq_len - p->inq_off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EAGAIN) return;
+    if (w < 0) { // the command closed its input: what is left is dropped
+      x_close_in(p);
+      return;
+    }
+    p->inq_off += (size_t)w;
+  }
+  p->inq_off = p->inq_len = 0;
+  if (p->close_in && p->in_fd >= 0) {
+    if (p->pty_fd >= 0) { // a terminal's end of input is ^D, not a closed fd
+      char eot = 4;
+      if (write(p->in_fd, &eot, 1) < 0) { /* the command is gone */ }
+    }
+    x_close_in(p);
+  }
+}
+
+static void x_stdin(struct xproc *p, const unsigned char *data, uint32_t len) {
+  if (p->in_fd < 0 || p->close_in) return;
+  if (p->inq_len + len > p->inq_cap) {
+    size_t cap = p->inq_cap ? p->inq_cap : 65536;
+    while (p->inq_len + len > cap) cap *= 2;
+    unsigned char *q = realloc(p->inq, cap);
+    if (!q) return;
+    p->inq = q;
+    p->inq_cap = cap;
+  }
+  memcpy(p->inq + p->inq_len, data, len);
+  p->inq_len += len;
+  x_flush_in(p);
+}
+
+static void x_frame(int type, uint32_t id, const unsigned char *data, uint32_t len) {
+  if (type == X_SPAWN) return x_spawn(id, data, len);
+  struct xproc *p = x_find(id);
+  if (!p) return; // ended already: late input or signals are dropped
+  if (type == X_STDIN) x_stdin(p, data, len);
+  else if (type == X_CLOSE_STDIN) {
+    p->close_in = 1;
+    x_flush_in(p);
+  } else if (type == X_SIGNAL && len == 1 && data[0] > 0 && data[0] < 65 && !p->exited) kill(-p->pid, data[0]);
+  else if (type == X_RESIZE && len == 4 && p->pty_fd >= 0) {
+    struct winsize ws = {.ws_col = (unsigned short)(data[0] << 8 | data[1]), .ws_row = (unsigned short)(data[2] << 8 | data[3])};
+    if (ws.ws_col && ws.ws_row && ws.ws_col <= 1000 && ws.ws_row <= 1000) ioctl(p->pty_fd, TIOCSWINSZ, &ws);
+  } else if (type == X_HOLD) p->held = 1;
+  else if (type == X_RELEASE) p->held = 0;
+}
+
+static void x_bad(int type, uint32_t len) {
+  console("exec port: bad frame from the host (type %d, length %u)", type, len);
+}
+
+static void x_from_host(const char *chunk, size_t got) {
+  frames_feed(&x_in, chunk, got, X_RELEASE, x_frame, x_bad);
+}
+
+// a process of ours exited (from reap): 1 if the pid was one
+static int x_reaped(pid_t pid, int status) {
+  for (int i = 0; i < MAX_PROCS; i++) {
+    if (!xp[i].id || xp[i].pid != pid) continue;
+    xp[i].exited = 1;
+    xp[i].status = status;
+    xp[i].exited_at = mono_ns();
+    return 1;
+  }
+  return 0;
+}
+
+// reads one chunk of a process's output; closes the fd at its end
+static void x_read(struct xproc *p, int *fd, int type, char *chunk, size_t cap) {
+  ssize_t got = read(*fd, chunk, cap);
+  if (got > 0) x_send(type, p->id, chunk, (uint32_t)got);
+  else if (got == 0 || (errno != EAGAIN && errno != EINTR)) { // EIO: the pty's other side is closed
+    if (*fd == p->pty_fd) p->pty_fd = -1;
+    close(*fd);
+    *fd = -1;
+  }
+}
+
+// the exit is reported once its output is drained, or EXIT_GRACE_NS after the exit when a
+// background child holds the output open (it keeps running; its output is no longer read)
+static void x_finish(struct xproc *p) {
+  int open_out = p->out_fd >= 0 || p->err_fd >= 0;
+  // held: a slow reader on the host, whose output is delivered first
+  if (!p->exited || (open_out && (p->held || mono_ns() - p->exited_at < EXIT_GRACE_NS))) return;
+  if (p->out_fd >= 0) close(p->out_fd);
+  if (p->err_fd >= 0) close(p->err_fd);
+  x_close_in(p);
+  char status[64];
+  if (WIFEXITED(p->status)) snprintf(status, sizeof status, "exited:%d", WEXITSTATUS(p->status));
+  else snprintf(status, sizeof status, "signaled:%d", WTERMSIG(p->status));
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "status", status);
+  x_send_json(X_EXIT, p->id, o);
+  memset(p, 0, sizeof *p);
+}
+
+static int x_waiting_exit(void) {
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (xp[i].id && xp[i].exited) return 1;
+  return 0;
 }
 
 static int open_port(const char *want) {
@@ -583,18 +926,46 @@ int main(void) {
     send_json(o);
   }
   cdp_setup(open_port(CDP_PORT_NAME));
+  exec_port = open_port(EXEC_PORT_NAME); // absent on an older host: no E2B commands
+  // terminals for E2B commands that ask for a pty
+  mkdir("/dev/pts", 0755);
+  if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=0620,ptmxmode=0666") && errno != EBUSY) console("devpts: %s", strerror(errno));
   size_t cap = 65536, len = 0;
   char *buf = malloc(cap);
   char chunk[65536];
   for (;;) {
     // 0 port, 1 signals, 2-4 the child's pipes, 5 browser port, 6 its listener, 7.. its connections
-    struct pollfd pf[7 + MAX_CONNS] = {{.fd = port_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
+    // then the exec port and, per E2B process, its stdin (while input is queued), stdout and stderr
+    struct pollfd pf[7 + MAX_CONNS + 1 + 3 * MAX_PROCS] = {{.fd = port_fd, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
     int n = 2;
     for (int i = 0; i < 3; i++) pf[n++] = (struct pollfd){.fd = child_fd[i], .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = cdp_port, .events = POLLIN};
     pf[n++] = (struct pollfd){.fd = cdp_listen, .events = POLLIN};
     for (int i = 0; i < MAX_CONNS; i++) pf[n++] = (struct pollfd){.fd = conns[i].fd, .events = POLLIN};
-    int r = poll(pf, (nfds_t)n, exit_pending ? 10 : -1);
+    int xbase = n;
+    pf[n++] = (struct pollfd){.fd = x_queued() < STDIN_HIGH ? exec_port : -1, .events = POLLIN};
+    for (int i = 0; i < MAX_PROCS; i++) {
+      struct xproc *p = &xp[i];
+      pf[n++] = (struct pollfd){.fd = p->id && p->inq_off < p->inq_len ? p->in_fd : -1, .events = POLLOUT};
+      pf[n++] = (struct pollfd){.fd = p->id && !p->held ? p->out_fd : -1, .events = POLLIN};
+      pf[n++] = (struct pollfd){.fd = p->id && !p->held ? p->err_fd : -1, .events = POLLIN};
+    }
+    int r = poll(pf, (nfds_t)n, exit_pending ? 10 : x_waiting_exit() ? 50 : -1);
+    if (r > 0 && exec_port >= 0) {
+      if (pf[xbase].revents & POLLIN) {
+        ssize_t got = read(exec_port, chunk, sizeof chunk);
+        if (got > 0) x_from_host(chunk, (size_t)got);
+        else usleep(20000); // host side not connected
+      } else if (pf[xbase].revents & POLLHUP) usleep(20000);
+      for (int i = 0; i < MAX_PROCS; i++) {
+        struct xproc *p = &xp[i];
+        struct pollfd *q = &pf[xbase + 1 + 3 * i];
+        if (!p->id) continue;
+        if (q[0].fd >= 0 && q[0].fd == p->in_fd && (q[0].revents & (POLLOUT | POLLERR | POLLHUP))) x_flush_in(p);
+        if (q[1].fd >= 0 && q[1].fd == p->out_fd && (q[1].revents & (POLLIN | POLLHUP | POLLERR))) x_read(p, &p->out_fd, X_STDOUT, chunk, sizeof chunk);
+        if (q[2].fd >= 0 && q[2].fd == p->err_fd && (q[2].revents & (POLLIN | POLLHUP | POLLERR))) x_read(p, &p->err_fd, X_STDERR, chunk, sizeof chunk);
+      }
+    }
     if (r > 0 && cdp_port >= 0) {
       if (pf[5].revents & POLLIN) {
         ssize_t got = read(cdp_port, chunk, sizeof chunk);
@@ -666,6 +1037,8 @@ int main(void) {
       } else open_fds++;
     }
     if (exit_pending && !open_fds) report_exit();
+    for (int i = 0; i < MAX_PROCS; i++)
+      if (xp[i].id) x_finish(&xp[i]);
   }
   return 0;
 }
