@@ -21,6 +21,25 @@ function rt(ctx: HandlerContext): SandboxRuntime {
   return r;
 }
 
+/**
+ * The user a command asks for (the SDK's `user` option: `Authorization: Basic base64("<name>:")`).
+ * None, `user` or `agent`: the sandbox user (uid 10001). `root`: root of a microVM's guest (the VM is
+ * the boundary); refused in container sandboxes, whose root would be root of the host's kernel.
+ */
+export function commandUser(authorization: string | null, vm: boolean): 'sandbox' | 'root' {
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)$/.exec(authorization?.trim() ?? '');
+  const name = m ? Buffer.from(m[1], 'base64').toString('utf8').split(':')[0] : '';
+  if (!name || name === 'user' || name === 'agent') return 'sandbox';
+  if (name === 'root') {
+    if (vm) return 'root';
+    throw new ConnectError(
+      "user 'root' is not available in container sandboxes: commands run as the sandbox user (uid 10001) without privileges; for root, use a microVM sandbox (template base-vm or metadata trenv.sandbox=microvm)",
+      Code.PermissionDenied,
+    );
+  }
+  throw new ConnectError(`unknown user '${name.slice(0, 64)}': this sandbox has 'user' (uid 10001)${vm ? " and 'root'" : ''}`, Code.InvalidArgument);
+}
+
 const FS_CODES: Record<string, Code> = {
   ENOENT: Code.NotFound,
   EEXIST: Code.AlreadyExists,
@@ -93,12 +112,13 @@ export function envdRoutes(router: ConnectRouter): void {
       const r = rt(ctx);
       const c = req.process;
       if (!c?.cmd) throw new ConnectError('process.cmd is required', Code.InvalidArgument);
+      const asRoot = commandUser(ctx.requestHeader.get('authorization'), !!r.sb.vm) === 'root';
       const p = r.procs.create({ cmd: c.cmd, args: [...c.args], envs: { ...c.envs }, cwd: c.cwd }, req.tag);
       const events = follow(p, r.sb, ctx.signal, keepaliveSeconds(ctx));
       const first = await events.next(); // subscribed: nothing the command prints can be missed
       yield toEvent(first.value as ProcEvent);
       const size = req.pty?.size;
-      r.procs.spawn(p, { pty: req.pty ? { cols: size?.cols ?? 80, rows: size?.rows ?? 24 } : undefined, tag: req.tag, stdin: req.stdin ?? true });
+      r.procs.spawn(p, { pty: req.pty ? { cols: size?.cols ?? 80, rows: size?.rows ?? 24 } : undefined, tag: req.tag, stdin: req.stdin ?? true, ...(asRoot ? { user: 'root' } : {}) });
       for await (const e of events) yield toEvent(e);
     },
     async *connect(req, ctx) {

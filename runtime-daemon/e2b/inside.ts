@@ -26,6 +26,8 @@ export interface InsideOptions {
   env?: Record<string, string>;
   cwd?: string;
   pty?: { cols: number; rows: number };
+  /** VM only: as root of the guest (the SDK's user 'root'; envd refuses it for containers) */
+  root?: boolean;
 }
 
 export type InsideProcess = ChildProcess | GuestProcess;
@@ -37,8 +39,8 @@ export function spawnInside(sb: E2bSandbox, enterPath: string, argv: string[], o
       argv,
       env: o.env ?? { ...SANDBOX_ENV, E2B_SANDBOX: 'true', E2B_SANDBOX_ID: sb.id },
       cwd: o.cwd ?? SANDBOX_HOME,
-      uid: SANDBOX_UID,
-      gid: SANDBOX_GID,
+      uid: o.root ? 0 : SANDBOX_UID,
+      gid: o.root ? 0 : SANDBOX_GID,
       stdin: o.stdin,
       ...(o.pty ? { pty: o.pty } : {}),
       ...(o.fd3 !== undefined ? { fd3: o.fd3 } : {}),

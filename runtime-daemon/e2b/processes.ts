@@ -125,7 +125,8 @@ export interface StartOptions {
   pty?: { cols: number; rows: number };
   tag?: string;
   stdin: boolean;
-  user?: string;
+  /** 'root': root of a microVM's guest (envd.ts commandUser allows it only there) */
+  user?: 'root';
 }
 
 function clamp(n: number | undefined, dflt: number, max: number): number {
@@ -244,7 +245,15 @@ export class ProcessTable {
     if (this.sb.vm) {
       // the guest agent sets the environment and the dir itself: no shell in between
       const pty = o.pty ? { cols: clamp(o.pty.cols, 80, 1000), rows: clamp(o.pty.rows, 24, 1000) } : undefined;
-      const child = spawnInside(this.sb, this.enterPath, [p.config.cmd, ...p.config.args], { stdin: o.stdin, env: { ...env, ...Object.fromEntries(this.userEnv(p)) }, cwd, ...(pty ? { pty } : {}) });
+      const root = o.user === 'root';
+      const rootEnv: Record<string, string> = root ? { HOME: '/root', USER: 'root' } : {};
+      const child = spawnInside(this.sb, this.enterPath, [p.config.cmd, ...p.config.args], {
+        stdin: o.stdin,
+        env: { ...env, ...rootEnv, ...Object.fromEntries(this.userEnv(p)) },
+        cwd: root && !p.config.cwd ? '/' : cwd,
+        ...(pty ? { pty } : {}),
+        root,
+      });
       if (pty) p.pty = guestPty(guestProcess(child)!);
       this.attach(p, child, false, pty ? 'pty' : undefined);
       return;

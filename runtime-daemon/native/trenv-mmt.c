@@ -131,14 +131,18 @@ static uint32_t read_map(const char *mapfile)
 
 /*
  * Map every run of MAPFILE onto the template in the stopped process PID, through the template's
- * file (MMT_FS_DIR/<id>), so its maps name that file: a CRIU checkpoint of it then records file
+ * file (MMT_FS_DIR/<id> inside PID's root), so its maps name that file: a CRIU checkpoint of it then records file
  * mappings instead of copying the pages, and a restore maps the file again.
  */
 static int remap(const char *mapfile, int pid, int prefault)
 {
 	uint32_t id = read_map(mapfile);
-	char path[64];
-	snprintf(path, sizeof path, MMT_FS_DIR "/%u", id);
+	/*
+	 * The file as the target sees it (through its root: a sandbox binds MMT_FS_DIR), so the mapping's
+	 * mount is one in the target's mount namespace, where CRIU, dumping from inside, looks it up.
+	 */
+	char path[96];
+	snprintf(path, sizeof path, "/proc/%d/root" MMT_FS_DIR "/%u", pid, id);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) die(path);
 	double t0 = now_ms();

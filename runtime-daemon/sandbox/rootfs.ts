@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { MMT_FS_DIR, mmtFsMounted } from '../template/mmTemplate';
 
 export const SANDBOX_UID = 10001;
 export const SANDBOX_GID = 10001;
@@ -52,6 +53,9 @@ export function baseBinds(runtimesDir: string): Array<[string, string]> {
     [runtimesDir, '/opt/trenv/runtimes'],
   ];
   for (const p of ['/etc/ssl', '/etc/alternatives']) if (fs.existsSync(p)) binds.push([p, p]);
+  // the mm_template kernel module's template files: CRIU restores of Node templates built through
+  // it map /run/mm_template/<id> by path from inside the sandbox (files are root-only, 0400)
+  if (mmtFsMounted()) binds.push([MMT_FS_DIR, MMT_FS_DIR]);
   return binds;
 }
 

@@ -74,6 +74,11 @@ export function setMmtHelper(p: string): void {
   helperPath = process.env.TRENV_MMT_HELPER ?? p;
 }
 
+/** Is the module's filesystem mounted at dir (MMT_FS_DIR)? Sandbox roots bind it when it is. */
+export function mmtFsMounted(dir = MMT_FS_DIR, mounts = realProbe.mounts()): boolean {
+  return fsMounted(mounts, dir);
+}
+
 function fsMounted(mounts: string, dir: string): boolean {
   return mounts.split('\n').some((l) => {
     const f = l.split(' ');

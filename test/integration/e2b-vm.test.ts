@@ -76,6 +76,12 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
     assert.equal(lines[6], '256', "the template's pids limit is the sandbox user's RLIMIT_NPROC");
     assert.equal(chunks.join(''), r.stdout, 'onStdout saw the same bytes');
     await checkExitEnvAndOutput(sb, 200_000);
+    // user 'root': root of the guest (the VM is the boundary), its home; the sandbox user again after
+    const peek = 'head -c1 /proc/1/environ >/dev/null 2>&1 && echo can-read-pid1 || echo denied';
+    const root = await sb.commands.run(`id -u; echo $HOME; pwd; ${peek}`, { user: 'root' });
+    assert.equal(root.stdout, '0\n/root\n/\ncan-read-pid1\n');
+    assert.equal((await sb.commands.run(peek)).stdout, 'denied\n', 'the sandbox user cannot');
+    assert.equal((await sb.commands.run('id -u')).stdout, '10001\n');
     const info = await sb.getInfo();
     assert.equal(info.templateId, 'base-vm');
     const row = ps().sandboxes.find((s) => s.agent?.includes(sb.sandboxId));

@@ -81,6 +81,11 @@ describe('commands', () => {
     assert.equal(chunks.join(''), r.stdout, 'onStdout saw the same bytes');
     // and a lot of output, fast
     await checkExitEnvAndOutput(sb, 1_500_000);
+    // user 'root' is refused in a container (it would be root of the host's kernel), with the reason;
+    // the default name 'user' is the sandbox user; unknown names are refused
+    await assert.rejects(sb.commands.run('id -u', { user: 'root' }), /user 'root' is not available in container sandboxes/);
+    assert.equal((await sb.commands.run('id -u', { user: 'user' })).stdout, '10001\n');
+    await assert.rejects(sb.commands.run('id -u', { user: 'mallory' as 'user' }), /unknown user 'mallory'/);
   });
 
   test('allowInternetAccess: a base sandbox with the slirp network (off by default)', { timeout: T }, async () => {
