@@ -30,6 +30,7 @@ async function main() {
     fs.writeFileSync('/tmp/tmpl-ready', String(process.pid));
     process.kill(process.pid, 'SIGSTOP');
   }
+  const resumedAt = Date.now(); // a restored clone continues here
   const name = process.env.MMT_NAME || os.hostname();
   const req = JSON.parse(fs.readFileSync(`/tmp/req/${name}.json`, 'utf8'));
   if (req.seed) shim.reseed(req.seed);
@@ -46,7 +47,7 @@ async function main() {
     value.stateDigest = h.digest('hex');
   }
   const templateMaps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/run/mm_template/')).length;
-  const res = { name, pid: process.pid, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID(), templateMaps };
+  const res = { name, pid: process.pid, resumedAt, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID(), templateMaps };
   if (req.stress) {
     // garbage and full GCs: V8 frees and discards heap pages (MADV_FREE fails on template maps,
     // V8 falls back to MADV_DONTNEED, after which a page reads template bytes, not zeros);

@@ -11,9 +11,13 @@
  *                  reads share the template's pages, writes copy
  *   module_fault - the same with one page fault per page instead of prefaulted page tables
  * For the example agent as it is (state "small", ~6-8 MiB template) and for the same agent holding a
- * large initialised state ("large", ~150 MB; N = 8 and 16 for criu/module, 8 for cold).
+ * large initialised state ("large", ~150 MB; N = 8 and 16 for criu/module, 8 for cold, 16 for module_fault).
+ * Each restored instance's sandbox (cgroup, pid/uts/mount namespaces) is made before its clock
+ * starts, as trenv's pool keeps sandboxes ready; the clock covers criu restore -> SIGCONT -> handler.
+ * BENCH lines also split a restore's start: CRIU's own restore time (--display-stats), the way to the
+ * resumed process, and the instance's work after it resumed.
  * N = 8 and 16 instances started one after the other and kept alive. Time to handler start =
- * wall clock from starting the restore (or node) to the handler's first line; memory = memory.current
+ * wall clock from starting the restore (or spawning node) to the handler's first line; memory = memory.current
  * of the batch's cgroup v2 group while the N instances live (every instance and, for restores, the
  * unshare/CRIU/remap processes run in it: user pages, page tables, kernel memory), plus the
  * template itself for the module paths (charged to the builder, outside the group). The guest's
