@@ -26,6 +26,7 @@ async function main() {
     global.trenvState = { docs, emb };
   }
   require('node:crypto').createHash('sha256').update('warm').digest(); // what re-seeding needs, loaded before the snapshot
+  if (process.env.MMT_TEMPLATE === '1') shim.fullGc(); // as the shim does before a checkpoint
   if (process.env.MMT_TEMPLATE === '1') {
     fs.writeFileSync('/tmp/tmpl-ready', String(process.pid));
     process.kill(process.pid, 'SIGSTOP');

@@ -39,6 +39,8 @@ interface BenchLine {
   pssKb: number;
   instances: number;
   starts: number[];
+  /** restores: medians of CRIU's own restore time, the way to the resumed process, the instance's work after it */
+  parts?: { criuRestoreMs?: number; toResumedMs?: number; afterResumeMs?: number };
 }
 
 export async function benchKmod(): Promise<MetricRow[]> {
@@ -72,8 +74,17 @@ export async function benchKmod(): Promise<MetricRow[]> {
     rows.push(row('kmod.map64m_ratio.fault_over_prefault', metrics['map64m_read.fault_ms'] / metrics['map64m_read.prefault_ms'], 'ratio', 'higher'));
   }
   const table = mdTable(
-    ['state', 'mode', 'N', 'start P50 ms', 'memory MiB (cgroup memory.current + template)', 'MemFree drop (+ template) MiB', 'PSS sum MiB'],
-    lines.map((l) => [l.state, l.mode, l.n, l.medianStartMs, l.cgKb / 1024, l.usedKb / 1024, l.pssKb / 1024]),
+    ['state', 'mode', 'N', 'start P50 ms', 'of which CRIU restore / to resumed / after resume ms', 'memory MiB (cgroup memory.current + template)', 'MemFree drop (+ template) MiB', 'PSS sum MiB'],
+    lines.map((l) => [
+      l.state,
+      l.mode,
+      l.n,
+      l.medianStartMs,
+      l.parts ? `${l.parts.criuRestoreMs} / ${l.parts.toResumedMs} / ${l.parts.afterResumeMs}` : '-',
+      l.cgKb / 1024,
+      l.usedKb / 1024,
+      l.pssKb / 1024,
+    ]),
   );
   const md = [
     '# kmod: Node instances through the mm_template kernel module (QEMU TCG guest, 2 vCPUs, 3 GiB)',
