@@ -21,6 +21,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { procStatFields } from '../metrics/smaps';
+import { sleepSync } from '../sandbox/cgroup';
 
 export const MMT_DEVICE = '/dev/mm_template';
 /** where the module's filesystem shows templates as files (MMT_FS_DIR in mm_template.h) */
@@ -133,21 +135,16 @@ export interface MmtTemplateInfo {
   buildMs: number;
 }
 
+/** the process's state letter (T: stopped), or 'gone' */
 function procState(pid: number): string {
-  try {
-    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
-  } catch {
-    return 'gone';
-  }
+  return procStatFields(pid)?.[0] ?? 'gone';
 }
 
 function waitState(pid: number, want: (s: string) => boolean, ms: number, what: string): void {
   const end = Date.now() + ms;
-  const sab = new Int32Array(new SharedArrayBuffer(4));
   while (!want(procState(pid))) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${pid} to ${what} (state ${procState(pid)})`);
-    Atomics.wait(sab, 0, 0, 2);
+    sleepSync(2);
   }
 }
 
