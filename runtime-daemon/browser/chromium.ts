@@ -113,10 +113,19 @@ export class Chromium extends EventEmitter {
 
   async stop(): Promise<void> {
     if (!this.proc || this.exited) return;
+    // the whole tree at once: children left behind (zygotes, renderers) still write into the profile
+    const tree = this.pids();
     const gone = new Promise<void>((r) => this.proc!.once('exit', () => r()));
-    this.proc.kill('SIGKILL');
+    for (const p of tree.reverse()) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
     await Promise.race([gone, new Promise((r) => setTimeout(r, 3000))]);
-    fs.rmSync(this.profileDir, { recursive: true, force: true });
+    // a process of the tree may still be exiting (its files closing): retry while the dir changes under us
+    fs.rmSync(this.profileDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 50 });
   }
 }
 
