@@ -11,7 +11,8 @@
  *                  reads share the template's pages, writes copy
  *   module_fault - the same with one page fault per page instead of prefaulted page tables
  * For the example agent as it is (state "small", ~6-8 MiB template) and for the same agent holding a
- * large initialised state ("large", ~150 MB; N = 8 and 16 for criu/module, 8 for cold, 16 for module_fault).
+ * large initialised state ("large", ~150 MB; N = 8 and 16 for criu/module, 8 for cold); module_fault
+ * only for the small state at N = 16 (the whole bench's time budget).
  * Each restored instance's sandbox (cgroup, pid/uts/mount namespaces) is made before its clock
  * starts, as trenv's pool keeps sandboxes ready; the clock covers criu restore -> SIGCONT -> handler.
  * BENCH lines also split a restore's start: CRIU's own restore time (--display-stats), the way to the
