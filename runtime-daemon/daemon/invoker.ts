@@ -702,14 +702,15 @@ export class Invoker extends EventEmitter {
             const tRestored = process.hrtime.bigint();
             record.template = tmplName;
             this.templates?.restoreOk(tmplName);
+            const mmt = tpl.meta.criu?.mmTemplate;
             span('template.restore', t0, tRestored, {
               template: tmplName,
               how: 'CRIU restore into this sandbox (its namespaces, root and cgroups)',
-              memPath: tpl.meta.criu?.mmTemplate ? 'kernel-module' : 'userspace',
+              memPath: mmt ? 'kernel-module' : 'userspace',
               pid: inst.hostPid,
               restoreMs: Number(inst.restoreMs.toFixed(2)),
-              memory: tpl.meta.criu?.mmTemplate
-                ? `mapped from mm_template template ${tpl.meta.criu.mmTemplate.id} (${(tpl.meta.criu.mmTemplate.bytes / 1048576).toFixed(1)} MiB shared, copy-on-write)`
+              memory: mmt
+                ? `mapped from mm_template template ${mmt.id} (${(mmt.bytes / 1048576).toFixed(1)} MiB shared, copy-on-write)`
                 : this.templates?.ksm
                   ? 'private copy, marked mergeable for KSM (TRENV_KSM=1)'
                   : 'private copy',

@@ -78,10 +78,6 @@ export function setMmtHelper(p: string): void {
 
 /** Is the module's filesystem mounted at dir (MMT_FS_DIR)? Sandbox roots bind it when it is. */
 export function mmtFsMounted(dir = MMT_FS_DIR, mounts = realProbe.mounts()): boolean {
-  return fsMounted(mounts, dir);
-}
-
-function fsMounted(mounts: string, dir: string): boolean {
   return mounts.split('\n').some((l) => {
     const f = l.split(' ');
     return f[1] === dir && f[2] === 'mm_template';
@@ -100,7 +96,7 @@ export function detectMmTemplate(device = MMT_DEVICE, dir = MMT_FS_DIR, probe: M
     message: `kernel module mm_template is loaded (${device}) but not usable: ${reason}; using userspace templates`,
   });
   if (!probe.helperExists(helper)) return why(`its helper ${helper} is missing (make -C runtime-daemon/native)`);
-  if (!fsMounted(probe.mounts(), dir)) {
+  if (!mmtFsMounted(dir, probe.mounts())) {
     try {
       probe.mount(dir);
     } catch (e) {
@@ -186,11 +182,12 @@ export function templateFromStopped(pid: number, mapFile: string, o: { leaveStop
   return { id: Number(head[1]), runs: Number(head[2]), bytes: Number(head[3]), mapFile, buildMs: Date.now() - t0 };
 }
 
-/** Delete the template of a map file (its pages go when the last instance mapping it exits). */
+/** Delete the template of a map file, and the map file (its pages go when the last instance mapping it exits). */
 export function deleteTemplate(mapFile: string): void {
   try {
     helper(['delete', mapFile]);
   } catch {
     /* already gone (module reloaded, machine restarted) */
   }
+  fs.rmSync(mapFile, { force: true });
 }

@@ -340,7 +340,7 @@ export class TemplateManager {
     if (fs.existsSync(images)) fs.renameSync(images, old);
     fs.renameSync(tmpImages, images);
     fs.rmSync(old, { recursive: true, force: true });
-    if (oldMmt) this.dropMmTemplate(oldMmt); // instances still running keep its pages until they exit
+    if (oldMmt) deleteTemplate(oldMmt.mapFile); // instances still running keep its pages until they exit
     const meta: TemplateMeta = {
       name,
       agentDir: agent.dir,
@@ -461,15 +461,9 @@ export class TemplateManager {
     await this.stopLive(name);
     this.failures.delete(name);
     const mmt = this.readMeta(name)?.criu?.mmTemplate;
-    if (mmt) this.dropMmTemplate(mmt);
+    if (mmt) deleteTemplate(mmt.mapFile);
     fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
     return existed;
-  }
-
-  /** delete a kernel-module template and its map file */
-  private dropMmTemplate(mmt: MmtTemplateInfo): void {
-    deleteTemplate(mmt.mapFile);
-    fs.rmSync(mmt.mapFile, { force: true });
   }
 
   async stopAll(): Promise<void> {
