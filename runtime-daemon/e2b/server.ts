@@ -262,13 +262,14 @@ export class E2bServer {
     sb.record?.memory();
   }
 
+  /** what every sandbox answer says of the sandbox (create/connect, list, get) */
+  private identity(sb: E2bSandbox): Record<string, unknown> {
+    return { templateID: sb.templateId, sandboxID: sb.id, alias: sb.alias, clientID: 'trenv', envdVersion: ENVD_VERSION };
+  }
+
   private created(sb: E2bSandbox): Record<string, unknown> {
     return {
-      templateID: sb.templateId,
-      sandboxID: sb.id,
-      alias: sb.alias,
-      clientID: 'trenv',
-      envdVersion: ENVD_VERSION,
+      ...this.identity(sb),
       envdAccessToken: sb.token,
       // the code interpreter SDK sends only this one on /contexts: same token
       trafficAccessToken: sb.token,
@@ -278,10 +279,7 @@ export class E2bServer {
 
   private listed(sb: E2bSandbox): Record<string, unknown> {
     return {
-      templateID: sb.templateId,
-      alias: sb.alias,
-      sandboxID: sb.id,
-      clientID: 'trenv',
+      ...this.identity(sb),
       startedAt: new Date(sb.startedAt).toISOString(),
       endAt: new Date(sb.endAt).toISOString(),
       cpuCount: os.cpus().length,
@@ -289,7 +287,6 @@ export class E2bServer {
       diskSizeMB: sb.container?.spec.tmpfsMb ?? 64,
       metadata: sb.metadata,
       state: sb.state,
-      envdVersion: ENVD_VERSION,
       volumeMounts: [],
     };
   }

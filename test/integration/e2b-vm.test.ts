@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import * as E2B from 'e2b';
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { findImage } from '../../runtime-daemon/sandbox/vm';
-import { checkExitEnvAndOutput } from './e2bChecks';
+import { checkExitEnvAndOutput, checkFileBasics } from './e2bChecks';
 import { qemusOf, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 
 const { Sandbox, CommandExitError, SandboxError, FileNotFoundError, NotFoundError } = E2B;
@@ -129,15 +129,7 @@ describe('E2B sandboxes in microVMs', { skip: vmSkip }, () => {
   });
 
   test('files: write/read/list/exists/rename/remove; 10 MB upload and download byte-exact', { timeout: T }, async () => {
-    const w = await sb.files.write('dir/a.txt', 'hello file');
-    assert.equal(w.path, '/home/agent/dir/a.txt');
-    assert.equal(await sb.files.read('/home/agent/dir/a.txt'), 'hello file');
-    assert.equal(await sb.files.exists('dir/a.txt'), true);
-    assert.equal(await sb.files.exists('dir/none'), false);
-    assert.equal(await sb.files.makeDir('dir/sub'), true);
-    assert.equal((await sb.files.rename('dir/a.txt', 'dir/sub/b.txt')).path, '/home/agent/dir/sub/b.txt');
-    const names = (await sb.files.list('dir', { depth: 2 })).map((x) => `${x.type}:${x.path}`).sort();
-    assert.deepEqual(names, ['dir:/home/agent/dir/sub', 'file:/home/agent/dir/sub/b.txt']);
+    await checkFileBasics(sb);
     assert.equal((await sb.files.getInfo('dir/sub/b.txt')).owner, 'agent');
     assert.equal((await sb.commands.run('cat dir/sub/b.txt')).stdout, 'hello file', 'the file is in the guest');
     // watchDir: the file helper's fs.watch is inotify in the guest

@@ -15,7 +15,7 @@ import * as E2B from 'e2b';
 import * as E2BOld from 'e2b-old';
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter';
 import { Methods } from '../../runtime-daemon/protocol/messages';
-import { checkExitEnvAndOutput } from './e2bChecks';
+import { checkExitEnvAndOutput, checkFileBasics } from './e2bChecks';
 import { cgroupDirsOfInstance, EXAMPLES, processesOfInstance, ROOT, startDaemon, TestDaemon, waitFor } from './harness';
 
 const { Sandbox, CommandExitError, AuthenticationError, SandboxError, NotFoundError, FileNotFoundError, TimeoutError } = E2B;
@@ -169,17 +169,7 @@ describe('commands', () => {
 describe('files', () => {
   test('write/read/list/exists/makeDir/rename/remove, paths relative to home', { timeout: T }, async () => {
     const sb = track(await Sandbox.create());
-    const w = await sb.files.write('dir/a.txt', 'hello file');
-    assert.equal(w.path, '/home/agent/dir/a.txt');
-    assert.equal(await sb.files.read('/home/agent/dir/a.txt'), 'hello file');
-    assert.equal(await sb.files.exists('dir/a.txt'), true);
-    assert.equal(await sb.files.exists('dir/none'), false);
-    assert.equal(await sb.files.makeDir('dir/sub'), true);
-    assert.equal(await sb.files.makeDir('dir/sub'), false, 'exists already');
-    const e = await sb.files.rename('dir/a.txt', 'dir/sub/b.txt');
-    assert.equal(e.path, '/home/agent/dir/sub/b.txt');
-    const names = (await sb.files.list('dir', { depth: 2 })).map((x) => `${x.type}:${x.path}`).sort();
-    assert.deepEqual(names, ['dir:/home/agent/dir/sub', 'file:/home/agent/dir/sub/b.txt']);
+    await checkFileBasics(sb);
     const info = await sb.files.getInfo('dir/sub/b.txt');
     assert.equal(info.size, 10);
     assert.equal(info.owner, 'agent');

@@ -24,3 +24,20 @@ export async function checkExitEnvAndOutput(sb: E2B.Sandbox, n: number): Promise
   assert.equal(bytes, expected.length);
   assert.ok(many.stdout === expected, 'same bytes in the same order');
 }
+
+/**
+ * Files relative to the sandbox user's home: write, read, exists, makeDir (again: false), rename,
+ * list with depth 2. Leaves dir/sub/b.txt (10 bytes) behind.
+ */
+export async function checkFileBasics(sb: E2B.Sandbox): Promise<void> {
+  const w = await sb.files.write('dir/a.txt', 'hello file');
+  assert.equal(w.path, '/home/agent/dir/a.txt');
+  assert.equal(await sb.files.read('/home/agent/dir/a.txt'), 'hello file');
+  assert.equal(await sb.files.exists('dir/a.txt'), true);
+  assert.equal(await sb.files.exists('dir/none'), false);
+  assert.equal(await sb.files.makeDir('dir/sub'), true);
+  assert.equal(await sb.files.makeDir('dir/sub'), false, 'exists already');
+  assert.equal((await sb.files.rename('dir/a.txt', 'dir/sub/b.txt')).path, '/home/agent/dir/sub/b.txt');
+  const names = (await sb.files.list('dir', { depth: 2 })).map((x) => `${x.type}:${x.path}`).sort();
+  assert.deepEqual(names, ['dir:/home/agent/dir/sub', 'file:/home/agent/dir/sub/b.txt']);
+}
