@@ -365,6 +365,7 @@ export class E2bSandboxes extends EventEmitter {
     sb.stopTimer();
     this.byId.delete(sb.id);
     sb.emit('killed', why);
+    this.emit('ending', sb, why); // gone for the API from here: its record ends now, not after the cleanup
     for (const o of [...sb.owned]) {
       try {
         await o.dispose(why);
@@ -385,7 +386,6 @@ export class E2bSandboxes extends EventEmitter {
       }
     }
     this.d.log(`e2b: sandbox ${sb.id} ended (${why})`);
-    this.emit('ended', sb, why);
     this.emit('changed');
   }
 

@@ -55,7 +55,7 @@ export class E2bService {
     const sink = o.records;
     if (sink) {
       this.sandboxes.on('created', (sb: E2bSandbox) => (sb.record = new SandboxRecord(sink, sb)));
-      this.sandboxes.on('ended', (sb: E2bSandbox, why: string) => sb.record?.end(why));
+      this.sandboxes.on('ending', (sb: E2bSandbox, why: string) => sb.record?.end(why));
     }
   }
 
