@@ -20,7 +20,10 @@ import { createRequire } from 'node:module';
 process.env.TRENV_MMT_HELPER = '/t/trenv-mmt';
 const mmt = createRequire(import.meta.url)('/t/mmTemplate.js');
 
-const CRIU = '/opt/trenv/criu/criu';
+// CRIU run as the daemon runs it (runtime-daemon/template/criu.ts): trixie's loader with its library
+// path, not through the prefix's wrapper script (a shell and two forks more per restore)
+const P = '/opt/trenv/criu';
+const CRIU = `${P}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path ${P}/usr/lib/x86_64-linux-gnu:${P}/lib/x86_64-linux-gnu ${P}/usr/sbin/criu`;
 const INSTANCE = '/t/node-instance.js';
 const ENV = { PATH: '/bin:/usr/bin', HOME: '/tmp', UV_USE_IO_URING: '0' };
 const event = JSON.parse(fs.readFileSync('/app/agent/.trenv/events/default.json', 'utf8'));
@@ -141,7 +144,7 @@ cat /tmp/batch.fifo >/dev/null`;
     // instance's own work after it resumed (request, re-seed) up to the handler
     const st = fs.readFileSync(`/tmp/log/${name}.stats`, 'utf8');
     const us = (k) => Number(new RegExp(`${k}:\\s*(\\d+) us`).exec(st)?.[1] ?? NaN) / 1000;
-    out.parts = { criuRestoreMs: us('Restore time'), criuForkingMs: us('Forking time'), toResumedMs: res.resumedAt - t0, afterResumeMs: res.handlerStartMs - res.resumedAt };
+    out.parts = { readMs: res.readAt - res.resumedAt, reseedMs: res.handlerStartMs - res.readAt, criuRestoreMs: us('Restore time'), criuForkingMs: us('Forking time'), toResumedMs: res.resumedAt - t0, afterResumeMs: res.handlerStartMs - res.resumedAt };
   }
   return out;
 }
@@ -229,7 +232,7 @@ async function test() {
 
 function benchLine(kind, mode, n, r) {
   const med = (k) => { const v = r.out.map((o) => o.parts?.[k]).filter((x) => Number.isFinite(x)).sort((a, b) => a - b); return v.length ? +v[Math.floor(v.length / 2)].toFixed(1) : undefined; };
-  const parts = mode === 'cold' ? undefined : { criuRestoreMs: med('criuRestoreMs'), criuForkingMs: med('criuForkingMs'), toResumedMs: med('toResumedMs'), afterResumeMs: med('afterResumeMs') };
+  const parts = mode === 'cold' ? undefined : { readMs: med('readMs'), reseedMs: med('reseedMs'), criuRestoreMs: med('criuRestoreMs'), criuForkingMs: med('criuForkingMs'), toResumedMs: med('toResumedMs'), afterResumeMs: med('afterResumeMs') };
   say(`BENCH ${JSON.stringify({ state: kind, mode, n, parts, medianStartMs: +r.medianStartMs.toFixed(1), usedKb: r.usedKb, cgKb: r.cgKb, pssKb: r.pss, instances: r.instances, starts: r.out.map((o) => +o.startMs.toFixed(1)) })}`);
   return r;
 }

@@ -25,15 +25,15 @@ async function main() {
     for (let i = 0; i < emb.length; i++) emb[i] = ((i * 2654435761) % 1000) / 1000;
     global.trenvState = { docs, emb };
   }
-  require('node:crypto').createHash('sha256').update('warm').digest(); // what re-seeding needs, loaded before the snapshot
-  if (process.env.MMT_TEMPLATE === '1') shim.fullGc(); // as the shim does before a checkpoint
   if (process.env.MMT_TEMPLATE === '1') {
+    await shim.prepareSnapshot(); // as the shim does before a checkpoint (warms re-seeding, full GC, waits for the GC's sweeping)
     fs.writeFileSync('/tmp/tmpl-ready', String(process.pid));
     process.kill(process.pid, 'SIGSTOP');
   }
   const resumedAt = Date.now(); // a restored clone continues here
   const name = process.env.MMT_NAME || os.hostname();
   const req = JSON.parse(fs.readFileSync(`/tmp/req/${name}.json`, 'utf8'));
+  const readAt = Date.now();
   if (req.seed) shim.reseed(req.seed);
   // wall clock: CRIU restores clones into a time namespace that continues the template's CLOCK_MONOTONIC
   const handlerStartMs = Date.now();
@@ -48,7 +48,7 @@ async function main() {
     value.stateDigest = h.digest('hex');
   }
   const templateMaps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/run/mm_template/')).length;
-  const res = { name, pid: process.pid, resumedAt, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID(), templateMaps };
+  const res = { name, pid: process.pid, resumedAt, readAt, handlerStartMs, value, random: Math.random(), uuid: crypto.randomUUID(), templateMaps };
   if (req.stress) {
     // garbage and full GCs: V8 frees and discards heap pages (MADV_FREE fails on template maps,
     // V8 falls back to MADV_DONTNEED, after which a page reads template bytes, not zeros);

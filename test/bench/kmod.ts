@@ -40,8 +40,8 @@ interface BenchLine {
   pssKb: number;
   instances: number;
   starts: number[];
-  /** restores: medians of CRIU's own restore time, the way to the resumed process, the instance's work after it */
-  parts?: { criuRestoreMs?: number; toResumedMs?: number; afterResumeMs?: number };
+  /** restores: medians of CRIU's own restore time, the way to the resumed process, the instance's work after it (reading its request, re-seeding) */
+  parts?: { criuRestoreMs?: number; toResumedMs?: number; afterResumeMs?: number; readMs?: number; reseedMs?: number };
 }
 
 export async function benchKmod(): Promise<MetricRow[]> {
@@ -75,13 +75,13 @@ export async function benchKmod(): Promise<MetricRow[]> {
     rows.push(row('kmod.map64m_ratio.fault_over_prefault', metrics['map64m_read.fault_ms'] / metrics['map64m_read.prefault_ms'], 'ratio', 'higher'));
   }
   const table = mdTable(
-    ['state', 'mode', 'N', 'start P50 ms', 'of which CRIU restore / to resumed / after resume ms', 'memory MiB (cgroup memory.current + template)', 'MemFree drop (+ template) MiB', 'PSS sum MiB'],
+    ['state', 'mode', 'N', 'start P50 ms', 'of which CRIU restore / to resumed / after resume (read request + re-seed) ms', 'memory MiB (cgroup memory.current + template)', 'MemFree drop (+ template) MiB', 'PSS sum MiB'],
     lines.map((l) => [
       l.state,
       l.mode,
       l.n,
       l.medianStartMs,
-      l.parts ? `${l.parts.criuRestoreMs} / ${l.parts.toResumedMs} / ${l.parts.afterResumeMs}` : '-',
+      l.parts ? `${l.parts.criuRestoreMs} / ${l.parts.toResumedMs} / ${l.parts.afterResumeMs} (${l.parts.readMs} + ${l.parts.reseedMs})` : '-',
       l.cgKb / 1024,
       l.usedKb / 1024,
       l.pssKb / 1024,

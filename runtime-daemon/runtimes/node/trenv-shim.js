@@ -240,7 +240,8 @@ async function readEvent(stream) {
  */
 let randAddon = null;
 let randAddonError = null;
-/** Load the re-seed addon (before the snapshot, so no clone pays for the dlopen). */
+/** node:crypto's random APIs as Node made them, kept by the first reseed: a later one wraps these, not its predecessor's wrappers */
+let nodeRandom = null;
 /**
  * A full garbage collection before the snapshot: the load's garbage is not copied into the images
  * (or a kernel-module template), and no collection is left pending for every clone to run right
@@ -255,6 +256,7 @@ function fullGc() {
   }
 }
 
+/** Load the re-seed addon (before the snapshot, so no clone pays for the dlopen). */
 function preloadReseed() {
   try {
     const m = { exports: {} };
@@ -318,10 +320,13 @@ function reseed(seedHex) {
     all.set(fresh(len), from);
     return buf;
   };
-  const orig = {
+  const web = globalThis.crypto;
+  nodeRandom ??= {
     randomBytes: crypto.randomBytes, randomFillSync: crypto.randomFillSync, randomFill: crypto.randomFill,
-    randomInt: crypto.randomInt, getRandomValues: crypto.getRandomValues,
+    randomInt: crypto.randomInt, getRandomValues: crypto.getRandomValues, randomUUID: crypto.randomUUID,
+    webGetRandomValues: web ? Object.getPrototypeOf(web).getRandomValues : undefined,
   };
+  const orig = nodeRandom;
   const uuid = () => {
     const u = fresh(16);
     u[6] = (u[6] & 0x0f) | 0x40;
@@ -344,7 +349,7 @@ function reseed(seedHex) {
       return orig.randomFill(buf, ...rest, (err, b2) => cb(err, err ? b2 : fillRange(b2, rest[0], rest[1])));
     },
     randomUUID(options) {
-      if (options !== undefined) origUUID(options); // validates the options
+      if (options !== undefined) orig.randomUUID(options); // validates the options
       return uuid();
     },
     randomInt(min, max, cb) {
@@ -367,7 +372,6 @@ function reseed(seedHex) {
       return fillRange(arr);
     },
   };
-  const origUUID = crypto.randomUUID;
   // with OpenSSL re-seeded only the two cached APIs need replacing
   if (openssl) for (const k of ['randomBytes', 'randomFillSync', 'randomFill', 'getRandomValues']) delete wrapped[k];
   for (const [k, v] of Object.entries(wrapped)) {
@@ -376,10 +380,9 @@ function reseed(seedHex) {
     if (!desc || desc.configurable) Object.defineProperty(crypto, k, { value: v, writable: true, configurable: true, enumerable: true });
     else if (desc.writable) crypto[k] = v;
   }
-  const web = globalThis.crypto;
   if (web) {
     const proto = Object.getPrototypeOf(web);
-    const gv = proto.getRandomValues;
+    const gv = orig.webGetRandomValues;
     if (!openssl) Object.defineProperty(proto, 'getRandomValues', {
       value: function getRandomValues(arr) {
         gv.call(this, arr);
@@ -394,6 +397,62 @@ function reseed(seedHex) {
     crypto: openssl ? 'OpenSSL DRBG re-seeded (RAND_add); randomUUID/randomInt caches bypassed' : `chacha20 (JS APIs only; OpenSSL internal DRBG still cloned: ${randAddonError ?? 'addon reported not ready'})`,
     kernel,
   };
+}
+
+/** CPU time (clock ticks, utime + stime) used so far by this process's threads other than the main one */
+function backgroundTicks() {
+  let ticks = 0;
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    if (Number(tid) === process.pid) continue;
+    try {
+      const st = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' '); // f[0] = field 3 (state)
+      ticks += Number(f[11]) + Number(f[12]); // fields 14, 15
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return ticks;
+}
+
+/**
+ * Wait until the runtime's background threads have stopped using CPU (no tick for `quietMs`), at
+ * most `maxMs`. After a full GC, V8 sweeps the heap on its worker threads; a snapshot taken then
+ * freezes that work half-done and EVERY clone finishes it right after its restore (measured in the
+ * kmod guest, 150 MB heap: the clones' first 40 ms went to it, and with template maps it writes
+ * (copies) template pages).
+ */
+async function settleBackgroundThreads({ quietMs = 60, maxMs = 5000, stepMs = 15 } = {}) {
+  const t0 = Date.now();
+  let last = backgroundTicks();
+  let quietSince = t0;
+  while (Date.now() - t0 < maxMs) {
+    await new Promise((r) => setTimeout(r, stepMs));
+    const now = backgroundTicks();
+    if (now !== last) {
+      last = now;
+      quietSince = Date.now();
+    } else if (Date.now() - quietSince >= quietMs) {
+      return { settled: true, ms: Date.now() - t0 };
+    }
+  }
+  return { settled: false, ms: Date.now() - t0 };
+}
+
+/**
+ * Before a snapshot: load and run once what every clone runs first (hashing, the re-seed addon,
+ * re-seeding itself: node:crypto's lazily loaded parts, globalThis.crypto, the functions' bytecode),
+ * so no clone pays for it after its restore; then a full GC, and wait for the GC's background work
+ * (sweeping) to finish. The clone's own reseed() replaces everything this one set up.
+ * Resolves to what the wait took ({settled, ms}).
+ */
+async function prepareSnapshot(settle = {}) {
+  const crypto = require('node:crypto');
+  crypto.createHash('sha256').update('warm').digest();
+  preloadReseed();
+  reseed(crypto.randomBytes(32).toString('hex'));
+  fullGc();
+  return settleBackgroundThreads(settle);
 }
 
 /** Unwrap a restore envelope (see the header): apply env, re-seed, return the event. */
@@ -440,9 +499,8 @@ function runOnce() {
     }
     // a snapshot is taken after `loaded`: load what re-seeding needs now, not in every clone
     if (process.env.TRENV_EVENT_ENVELOPE === '1') {
-      require('node:crypto').createHash('sha256').update('warm').digest();
-      preloadReseed();
-      fullGc();
+      const settled = await prepareSnapshot();
+      chan.send('log', { level: 'debug', msg: `trenv: ready for the snapshot; background threads ${settled.settled ? 'quiet' : 'still busy'} after ${settled.ms} ms`, fields: settled });
     }
     chan.send('loaded');
     phase = 'handler';
@@ -458,6 +516,6 @@ function runOnce() {
   })();
 }
 
-module.exports = { EXIT, LoadError, openChan, describe, flushStdio, makeContext, contextFromEnv, load, invoke, readEvent, reseed, openEnvelope, fullGc };
+module.exports = { EXIT, LoadError, openChan, describe, flushStdio, makeContext, contextFromEnv, load, invoke, readEvent, reseed, openEnvelope, fullGc, prepareSnapshot, settleBackgroundThreads };
 
 if (require.main === module) runOnce();
