@@ -338,6 +338,8 @@ export interface LaunchedTemplate {
   close(): void;
   /** ms from spawn to the ready message */
   readyMs: number;
+  /** the ready message's fields (the Node shim: how clones are re-seeded, its wait before the snapshot) */
+  readyInfo: Record<string, unknown>;
 }
 
 /**
@@ -380,6 +382,7 @@ export async function launchForCheckpoint(target: CriuTarget, o: LaunchOptions):
     }
   };
   const ready = o.readyMessage ?? 'loaded';
+  let readyInfo: Record<string, unknown> = {};
   try {
     await new Promise<void>((resolve, reject) => {
       let buf = '';
@@ -391,6 +394,7 @@ export async function launchForCheckpoint(target: CriuTarget, o: LaunchOptions):
             const m = JSON.parse(line);
             if (m.t === ready) {
               clearTimeout(timer);
+              readyInfo = m;
               resolve();
             } else if (m.t === 'error') {
               clearTimeout(timer);
@@ -417,7 +421,7 @@ export async function launchForCheckpoint(target: CriuTarget, o: LaunchOptions):
     close();
     throw new CriuError(`template is ready but PID ${base} is not in the sandbox (another process took it?)`);
   }
-  return { hostPid, nsPid: base, envelope: !!o.envelope, output: () => output, close, readyMs };
+  return { hostPid, nsPid: base, envelope: !!o.envelope, output: () => output, close, readyMs, readyInfo };
 }
 
 // ---------------------------------------------------------------------------------------------

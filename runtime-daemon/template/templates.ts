@@ -357,11 +357,13 @@ export class TemplateManager {
     this.writeMeta(meta);
     this.failures.delete(name);
     progress(`template ${name} ready in ${meta.buildMs} ms (CRIU images ${(d.bytes / 1048576).toFixed(1)} MiB, dump ${d.ms.toFixed(0)} ms)`);
-    // Known gap, said where it matters: CRIU restores keep the pid, so OpenSSL never notices the
-    // clone and its internal generator state is shared; the shim re-seeds only the JS-level APIs.
-    progress(
-      `template ${name}: warning: instances restored from a CRIU checkpoint share OpenSSL's internal random state; Math.random and the crypto random APIs are re-seeded, but keys that Node generates through OpenSSL (generateKeyPair, TLS) may repeat across instances`,
-    );
+    // CRIU restores keep the pid, so OpenSSL never notices the clone; the shim re-seeds its DRBG
+    // through the addon trenv_rand.node. Without it (not built) only the JS-level APIs are re-seeded.
+    if (launched.readyInfo.reseed !== 'openssl') {
+      progress(
+        `template ${name}: warning: the re-seed addon (runtime-daemon/runtimes/node/trenv_rand.node, make -C runtime-daemon/native) is not loaded: instances share OpenSSL's internal random state; Math.random and the crypto random APIs are re-seeded, but keys that Node generates through OpenSSL (generateKeyPair, TLS) may repeat across instances`,
+      );
+    }
     return meta;
   }
 

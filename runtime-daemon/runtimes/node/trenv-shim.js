@@ -498,11 +498,13 @@ function runOnce() {
       return fail(err, EXIT.LOAD);
     }
     // a snapshot is taken after `loaded`: load what re-seeding needs now, not in every clone
+    let ready = {};
     if (process.env.TRENV_EVENT_ENVELOPE === '1') {
       const settled = await prepareSnapshot();
-      chan.send('log', { level: 'debug', msg: `trenv: ready for the snapshot; background threads ${settled.settled ? 'quiet' : 'still busy'} after ${settled.ms} ms`, fields: settled });
+      // how clones will be re-seeded (the daemon warns when OpenSSL's own state cannot be)
+      ready = { reseed: randAddon ? 'openssl' : 'js-only', settle: settled };
     }
-    chan.send('loaded');
+    chan.send('loaded', ready);
     phase = 'handler';
 
     let event;
