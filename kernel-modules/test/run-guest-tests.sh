@@ -4,10 +4,14 @@
 # guest's PASS/FAIL/METRIC lines. Exits non-zero when a test failed, the guest printed a kernel
 # BUG/WARNING/Oops, or the guest did not finish.
 #
-#   run-guest-tests.sh [--node] [--bench] [--out DIR]
+#   run-guest-tests.sh [--node] [--bench] [--daemon] [--out DIR]
 #     --node   also the Node-through-the-module tests (puts node, its libraries and CRIU in the initramfs)
 #     --bench  also the kmod bench (N = 8, 16 Node instances: module vs CRIU private restore vs cold,
 #              for the example agent and for the same agent holding a large initialised state)
+#     --daemon instead: the daemon end to end with the module (daemon-guest.sh). The guest's root is
+#              this host's / (read-only, virtio-9p, tmpfs on /tmp and /run), so it runs this
+#              checkout's dist/ and native binaries, node and CRIU as they are here; needs
+#              `node scripts/build.mjs` and `make -C runtime-daemon/native` done.
 #
 # Needs root only for nothing; needs linux-headers-$KVER, qemu-system-x86, busybox-static, cpio, gcc
 # (scripts/setup-kmod.sh installs them).
@@ -15,8 +19,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 KVER=${TRENV_KMOD_KERNEL:-6.1.0-56-amd64}
-NODE=0 BENCH=0 OUT=""
-while [ $# -gt 0 ]; do case "$1" in --node) NODE=1;; --bench) NODE=1; BENCH=1;; --out) OUT=$2; shift;; *) echo "unknown argument $1" >&2; exit 2;; esac; shift; done
+NODE=0 BENCH=0 DAEMON=0 OUT=""
+while [ $# -gt 0 ]; do case "$1" in --node) NODE=1;; --bench) NODE=1; BENCH=1;; --daemon) DAEMON=1;; --out) OUT=$2; shift;; *) echo "unknown argument $1" >&2; exit 2;; esac; shift; done
 BUILD=$REPO/kernel-modules/build
 mkdir -p "$BUILD"
 [ -n "$OUT" ] || OUT=$BUILD/last-run
@@ -58,6 +62,28 @@ cp "$REPO/kernel-modules/mm_template/mm_template.ko" "$BUILD/mmt_test" "$IR/t/"
 cp "$HERE/guest-init.sh" "$IR/init"
 chmod 755 "$IR/init"
 echo "NODE=$NODE BENCH=$BENCH" > "$IR/t/config"
+# the kernel's own modules (and what they depend on), loaded in this order by the guest
+add_mods() {
+  mkdir -p "$IR/t/mods"; touch "$IR/t/mods.order"
+  for m in "$@"; do
+    modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true
+  done | awk '!seen[$0]++' | while read -r ko; do
+    base=$(basename "$ko")
+    case "$ko" in *.xz) xz -dc "$ko" > "$IR/t/mods/${base%.xz}"; base=${base%.xz} ;; *) cp "$ko" "$IR/t/mods/$base" ;; esac
+    grep -qx "$base" "$IR/t/mods.order" || echo "$base" >> "$IR/t/mods.order"
+  done
+}
+# what CRIU probes or needs: socket diag, nftables (kerndat), tun/veth probes
+CRIU_MODS="unix_diag netlink_diag inet_diag tcp_diag udp_diag packet_diag nf_tables nft_ct tun veth"
+if [ $DAEMON = 1 ]; then
+  for f in dist/trenv.js runtime-daemon/native/build/trenv-mmt runtime-daemon/native/build/trenv-sandboxd; do
+    [ -e "$REPO/$f" ] || { echo "FAIL daemon_guest_setup: $REPO/$f is missing (node scripts/build.mjs; make -C runtime-daemon/native)"; exit 1; }
+  done
+  cp "$HERE/daemon-init.sh" "$IR/init"
+  echo "$REPO" > "$IR/t/repo"
+  # virtio-9p for the host's root; overlay for the sandboxes' roots
+  add_mods virtio_pci 9pnet_virtio 9p overlay $CRIU_MODS
+fi
 if [ $NODE = 1 ]; then
   cp "$BUILD/trenv-mmt" "$BUILD/mmTemplate.js" "$IR/t/"
   mkdir -p "$IR/usr/bin" "$IR/lib64" "$IR/usr/lib/x86_64-linux-gnu" "$IR/opt/trenv" "$IR/app" "$IR/etc"
@@ -70,25 +96,19 @@ if [ $NODE = 1 ]; then
   cp "$HERE/node-instance.js" "$HERE/kmod-guest.mjs" "$HERE/node-tests.sh" "$IR/t/"
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$IR/etc/passwd"
   [ -x /opt/trenv/criu/criu ] && cp -a /opt/trenv/criu "$IR/opt/trenv/criu"
-  # what CRIU probes or needs: socket diag, nftables (kerndat), tun/veth probes
-  mkdir -p "$IR/t/mods"; : > "$IR/t/mods.order"
-  for m in unix_diag netlink_diag inet_diag tcp_diag udp_diag packet_diag nf_tables nft_ct tun veth; do
-    modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true
-  done | awk '!seen[$0]++' | while read -r ko; do
-    base=$(basename "$ko")
-    case "$ko" in *.xz) xz -dc "$ko" > "$IR/t/mods/${base%.xz}"; base=${base%.xz} ;; *) cp "$ko" "$IR/t/mods/$base" ;; esac
-    echo "$base" >> "$IR/t/mods.order"
-  done
+  add_mods $CRIU_MODS
 fi
 (cd "$IR" && find . | cpio -o -H newc --quiet -R 0:0) > "$BUILD/initramfs.cpio"
 
 # ---- boot
-MEM=${TRENV_KMOD_MEM:-$([ $BENCH = 1 ] && echo 3072 || echo 1024)}  # the bench's large-state batches need ~2.5 GiB
+MEM=${TRENV_KMOD_MEM:-$([ $BENCH = 1 ] && echo 3072 || echo $([ $DAEMON = 1 ] && echo 2048 || echo 1024))}  # the bench's large-state batches need ~2.5 GiB
+HOSTROOT=()
+[ $DAEMON = 1 ] && HOSTROOT=(-virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap)
 log "booting $KVER under TCG (initramfs $(( $(stat -c %s "$BUILD/initramfs.cpio") / 1048576 )) MiB)"
 start=$(date +%s)
 set +e
-timeout ${TRENV_KMOD_TIMEOUT:-$([ $BENCH = 1 ] && echo 480 || echo 150)} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
-  -kernel "$VMLINUZ" -initrd "$BUILD/initramfs.cpio" \
+timeout ${TRENV_KMOD_TIMEOUT:-$([ $BENCH = 1 ] && echo 480 || echo $([ $DAEMON = 1 ] && echo 400 || echo 150))} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
+  -kernel "$VMLINUZ" -initrd "$BUILD/initramfs.cpio" "${HOSTROOT[@]}" \
   -append 'console=ttyS0 quiet panic=-1 oops=panic' < /dev/null > "$OUT/console.log" 2>&1
 qrc=$?
 set -e

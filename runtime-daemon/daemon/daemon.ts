@@ -103,6 +103,10 @@ export class Daemon {
 
       const root = packageRoot();
       this.nativeDir = path.join(root, 'runtime-daemon/native/build');
+      // once: is the mm_template kernel module there? Before the sandbox driver: when it is, the
+      // detection mounts its filesystem, which every sandbox root then binds (rootfs.ts baseBinds)
+      setMmtHelper(path.join(this.nativeDir, 'trenv-mmt'));
+      mmTemplateStatus((m) => this.log(m));
       this.driver = new ContainerDriver({
         sandboxdPath: process.env.TRENV_SANDBOXD || path.join(this.nativeDir, 'trenv-sandboxd'),
         stateRoot: this.paths.root,
@@ -136,8 +140,6 @@ export class Daemon {
       // Node templates are CRIU checkpoints made in a dedicated sandbox (not from the pool: it is
       // destroyed right after the dump), with the agent's code, limits and network.
       const driver = this.driver;
-      setMmtHelper(path.join(this.nativeDir, 'trenv-mmt'));
-      mmTemplateStatus((m) => this.log(m)); // once: is the mm_template kernel module there?
       this.templates = new TemplateManager(path.join(this.paths.root, 'templates'), path.join(root, 'runtime-daemon/runtimes/python/trenv_zygote.py'), {
         makeSandbox: async (agent) => {
           const m = agent.manifest;

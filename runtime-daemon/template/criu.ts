@@ -369,7 +369,9 @@ export async function launchForCheckpoint(target: CriuTarget, o: LaunchOptions):
   // real pipes for fds 0-3 (CRIU re-opens them at restore via /proc/self/fd; sockets cannot be)
   const script = `exec 4>&3; cat | ${inner.map(q).join(' ')} > >(exec cat) 2> >(exec cat >&2) 3> >(exec cat >&4) 4>&-`;
   const t0 = process.hrtime.bigint();
-  const child = spawn('/usr/bin/bash', ['-c', script], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], detached: true, env: { PATH: '/usr/bin:/bin' } });
+  // --norc: with a socket as stdin (Node's stdio pipes are socketpairs) bash thinks it was started
+  // by rshd and reads root's ~/.bashrc, which has no business in a template's launch
+  const child = spawn('/usr/bin/bash', ['--norc', '-c', script], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'], detached: true, env: { PATH: '/usr/bin:/bin' } });
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
   child.stderr!.on('data', (d) => (output += d));

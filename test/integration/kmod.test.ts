@@ -6,7 +6,8 @@
  * without a kernel BUG/WARN, no leak over a create/map/delete loop, rmmod refused while mapped or
  * mounted, the template filesystem, and Node agent instances through the module (the daemon's
  * mmTemplate.ts + trenv-mmt make the template, CRIU restores map its file): same results as cold,
- * re-seeded.
+ * re-seeded. A second boot runs the daemon itself end to end with the module (its root is this
+ * host's / over virtio-9p, read-only): trenvd, `trenv template build`, `trenv invoke`, `template rm`.
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -46,4 +47,31 @@ test('mm_template kernel module in a QEMU guest: module tests and Node instances
   assert.ok(Math.abs(metrics['share8_prefault.pss_kb_per_process'] - 2048) <= 110, JSON.stringify(metrics));
   // prefaulting beats one fault per page (the reason it is what Node instances use)
   assert.ok(metrics['map64m_read.prefault_ms'] < metrics['map64m_read.fault_ms'], JSON.stringify(metrics));
+});
+
+const DAEMON_EXPECTED = [
+  'insmod', 'daemon_guest_start', 'daemon_guest_detects_module', 'daemon_guest_mounted_mmt_fs',
+  ...['example', 'maps'].flatMap((a) => [
+    `daemon_guest_${a}_template_in_module`, `daemon_guest_${a}_restored_0_same_as_cold`, `daemon_guest_${a}_restored_1_same_as_cold`,
+    `daemon_guest_${a}_restore_0_span_says_kernel_module`, `daemon_guest_${a}_restore_1_span_says_kernel_module`, `daemon_guest_${a}_template_rm_deletes_module_template`,
+  ]),
+  'daemon_guest_instances_map_the_template_file', 'daemon_guest_instances_reseeded',
+  'daemon_guest_stop', 'daemon_guest_no_templates_left', 'daemon_guest_no_cgroups_left', 'dmesg_clean',
+];
+
+function daemonMissing(): string | undefined {
+  for (const f of ['dist/trenv.js', 'runtime-daemon/native/build/trenv-mmt', 'runtime-daemon/native/build/trenv-sandboxd']) {
+    if (!fs.existsSync(path.join(ROOT, f))) return `${f} is not built (node scripts/build.mjs; make -C runtime-daemon/native)`;
+  }
+  return missing();
+}
+
+test('the daemon end to end with the module in a QEMU guest: Node templates in module templates, instances map them, rm deletes them', { skip: daemonMissing(), timeout: 600_000 }, () => {
+  const r = spawnSync('bash', [SCRIPT, '--daemon', '--out', path.join(ROOT, 'kernel-modules/build/last-daemon-run')], { encoding: 'utf8', timeout: 590_000 });
+  const out = r.stdout ?? '';
+  const passed = new Set([...out.matchAll(/^PASS (\S+)/gm)].map((m) => m[1]));
+  const failed = [...out.matchAll(/^FAIL (.*)$/gm)].map((m) => m[1]);
+  assert.deepEqual(failed, [], `guest failures:\n${out}\n${r.stderr}`);
+  for (const name of DAEMON_EXPECTED) assert.ok(passed.has(name), `${name} did not pass:\n${out}\n${r.stderr}`);
+  assert.equal(r.status, 0, `run-guest-tests.sh --daemon exited ${r.status}:\n${out}\n${r.stderr}`);
 });

@@ -1,0 +1,87 @@
+// The daemon end to end with the mm_template module (run by daemon-guest.sh inside the guest, whose
+// root is the host's / read-only): trenvd detects the module and mounts its filesystem, builds Node
+// templates whose memory goes into module templates, restores instances that map
+// /run/mm_template/<id> (same results as cold, re-seeded), deletes them on `template rm`, and leaves
+// nothing behind when it stops. Prints PASS/FAIL lines for run-guest-tests.sh.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+const REPO = process.argv[2];
+const STATE = '/tmp/trenv-state';
+const env = { ...process.env, TRENV_STATE_DIR: STATE };
+const say = (s) => process.stdout.write(s + '\n');
+const pass = (name, detail = '') => say(`PASS ${name}${detail ? ` (${detail})` : ''}`);
+const fail = (name, detail) => say(`FAIL ${name}: ${String(detail).replace(/\n/g, ' | ').slice(0, 1500)}`);
+const check = (ok, name, detail) => (ok ? pass(name, typeof detail === 'string' ? detail : '') : fail(name, detail));
+
+function trenv(...args) {
+  const t0 = Date.now();
+  const r = spawnSync('/usr/bin/node', [path.join(REPO, 'dist/trenv.js'), ...args], { env, encoding: 'utf8', timeout: 240_000 });
+  return { code: r.status, out: r.stdout ?? '', err: r.stderr ?? '', ms: Date.now() - t0 };
+}
+function invoke(dir, ...flags) {
+  const r = trenv('invoke', dir, '--event', `@${dir}/.trenv/events/default.json`, '--json', '--trace', ...flags);
+  let j;
+  try { j = JSON.parse(r.out); } catch { throw new Error(`trenv invoke ${dir} ${flags.join(' ')} gave no JSON (exit ${r.code}): ${r.err.slice(-800)} ${r.out.slice(-800)}`); }
+  return { ...j, ms: r.ms };
+}
+const restoreSpan = (inv) => (inv.trace ?? []).find((s) => s.name === 'template.restore');
+const mmtIds = () => { try { return fs.readdirSync('/run/mm_template'); } catch { return null; } };
+const log = () => { try { return fs.readFileSync(path.join(STATE, 'run/trenvd.log'), 'utf8'); } catch { return ''; } };
+
+async function main() {
+  fs.mkdirSync('/tmp/agents', { recursive: true });
+  const agents = { example: '/tmp/agents/node-json-transform', maps: '/tmp/agents/kmod-maps' };
+  fs.cpSync(path.join(REPO, 'examples/node-json-transform'), agents.example, { recursive: true });
+  fs.cpSync(path.join(REPO, 'kernel-modules/test/agent-maps'), agents.maps, { recursive: true });
+
+  const start = trenv('daemon', 'start');
+  if (start.code !== 0) {
+    // run it in the foreground for what it says
+    const fg = spawnSync('/usr/bin/node', [path.join(REPO, 'dist/trenvd.js'), '--state-dir', STATE], { env, encoding: 'utf8', timeout: 30_000 });
+    return fail('daemon_guest_start', `${start.err}${start.out}\n${log().slice(-2000)}\nforeground: exit ${fg.status} ${fg.signal ?? ''} ${fg.stdout} ${fg.stderr}`);
+  }
+  pass('daemon_guest_start', `${start.ms} ms`);
+  check(/kernel module mm_template is loaded .*Node templates map their initialised memory from it/.test(log()), 'daemon_guest_detects_module', log().split('\n').filter((l) => /mm_template|kernel module/.test(l)).join(' / ') || log().slice(-600));
+  const mounts = fs.readFileSync('/proc/mounts', 'utf8');
+  check(mounts.split('\n').some((l) => l.split(' ')[1] === '/run/mm_template' && l.split(' ')[2] === 'mm_template'), 'daemon_guest_mounted_mmt_fs', mounts.split('\n').filter((l) => l.includes('/run')).join(' / '));
+
+  for (const [what, dir] of Object.entries(agents)) {
+    const cold = invoke(dir, '--no-template');
+    if (cold.record?.state !== 'succeeded') { fail(`daemon_guest_${what}_cold`, JSON.stringify(cold.record)); continue; }
+    const before = new Set(mmtIds());
+    const build = trenv('template', 'build', dir);
+    const out = `${build.out}${build.err}`;
+    if (build.code !== 0) { fail(`daemon_guest_${what}_template_build`, out); continue; }
+    const m = /MiB of initialised memory in mm_template template (\d+)/.exec(out);
+    check(m && mmtIds()?.includes(m[1]) && !before.has(m[1]), `daemon_guest_${what}_template_in_module`, m ? `template ${m[1]}, ${build.ms} ms` : out);
+    const runs = [invoke(dir), invoke(dir)];
+    runs.forEach((r, i) => {
+      const span = restoreSpan(r);
+      const same = what === 'maps'
+        ? r.record?.result?.digest === cold.record.result.digest && r.record?.result?.sum === cold.record.result.sum
+        : JSON.stringify(r.record?.result) === JSON.stringify(cold.record.result);
+      check(r.record?.state === 'succeeded' && same, `daemon_guest_${what}_restored_${i}_same_as_cold`, r.record?.state === 'succeeded' ? `${r.ms} ms` : JSON.stringify(r.record).slice(0, 800));
+      check(span?.attrs?.memPath === 'kernel-module' && /mapped from mm_template template \d+/.test(span?.attrs?.memory ?? ''), `daemon_guest_${what}_restore_${i}_span_says_kernel_module`, JSON.stringify(span?.attrs ?? r.trace?.map((s) => s.name)));
+    });
+    if (what === 'maps') {
+      check(cold.record.result.templateMaps === 0 && runs.every((r) => r.record?.result?.templateMaps > 0), 'daemon_guest_instances_map_the_template_file', `cold ${cold.record.result.templateMaps}, restored ${runs.map((r) => r.record?.result?.templateMaps).join('/')}`);
+      const rnd = runs.map((r) => `${r.record?.result?.random}/${r.record?.result?.uuid}`);
+      check(new Set(rnd).size === rnd.length, 'daemon_guest_instances_reseeded', rnd.join(' '));
+    }
+    if (m) {
+      const name = what === 'maps' ? 'kmod-maps' : 'node-json-transform';
+      const rm = trenv('template', 'rm', name);
+      check(rm.code === 0 && !mmtIds()?.includes(m[1]), `daemon_guest_${what}_template_rm_deletes_module_template`, `${rm.out}${rm.err} ids now: ${mmtIds()}`);
+    }
+  }
+  const stop = trenv('daemon', 'stop');
+  check(stop.code === 0, 'daemon_guest_stop', `${stop.out}${stop.err}`);
+  const stats = fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8');
+  check(/templates_live 0\n/.test(stats) && (mmtIds() ?? []).length === 0, 'daemon_guest_no_templates_left', stats.replace(/\n/g, ' '));
+  const trenvCgroups = fs.readdirSync('/sys/fs/cgroup').filter((d) => d.startsWith('trenv'));
+  const left = trenvCgroups.flatMap((d) => fs.readdirSync(`/sys/fs/cgroup/${d}`, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => `${d}/${e.name}`));
+  check(left.length === 0, 'daemon_guest_no_cgroups_left', left.join(' '));
+}
+main().catch((e) => { fail('daemon_guest_driver', e.stack); process.exitCode = 1; });
