@@ -2,7 +2,8 @@
 // root is the host's / read-only): trenvd detects the module and mounts its filesystem, builds Node
 // templates whose memory goes into module templates, restores instances that map
 // /run/mm_template/<id> (same results as cold, re-seeded), deletes them on `template rm`, and leaves
-// nothing behind when it stops. Prints PASS/FAIL lines for run-guest-tests.sh.
+// nothing behind when it stops; with TRENV_MMT=0 it leaves the module alone (private copies).
+// Prints PASS/FAIL lines for run-guest-tests.sh.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -47,9 +48,12 @@ async function main() {
   const mounts = fs.readFileSync('/proc/mounts', 'utf8');
   check(mounts.split('\n').some((l) => l.split(' ')[1] === '/run/mm_template' && l.split(' ')[2] === 'mm_template'), 'daemon_guest_mounted_mmt_fs', mounts.split('\n').filter((l) => l.includes('/run')).join(' / '));
 
+  const digests = {};
+  const restoreMs = [];
   for (const [what, dir] of Object.entries(agents)) {
     const cold = invoke(dir, '--no-template');
     if (cold.record?.state !== 'succeeded') { fail(`daemon_guest_${what}_cold`, JSON.stringify(cold.record)); continue; }
+    digests[what] = cold.record.result.digest;
     const before = new Set(mmtIds());
     const build = trenv('template', 'build', dir);
     const out = `${build.out}${build.err}`;
@@ -59,6 +63,7 @@ async function main() {
     const runs = [invoke(dir), invoke(dir)];
     runs.forEach((r, i) => {
       const span = restoreSpan(r);
+      if (what === 'maps') restoreMs.push(span?.attrs?.restoreMs);
       const same = what === 'maps'
         ? r.record?.result?.digest === cold.record.result.digest && r.record?.result?.sum === cold.record.result.sum
         : JSON.stringify(r.record?.result) === JSON.stringify(cold.record.result);
@@ -80,8 +85,27 @@ async function main() {
   check(stop.code === 0, 'daemon_guest_stop', `${stop.out}${stop.err}`);
   const stats = fs.readFileSync('/sys/kernel/debug/mm_template/stats', 'utf8');
   check(/templates_live 0\n/.test(stats) && (mmtIds() ?? []).length === 0, 'daemon_guest_no_templates_left', stats.replace(/\n/g, ' '));
-  const trenvCgroups = fs.readdirSync('/sys/fs/cgroup').filter((d) => d.startsWith('trenv'));
-  const left = trenvCgroups.flatMap((d) => fs.readdirSync(`/sys/fs/cgroup/${d}`, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => `${d}/${e.name}`));
+
+  // TRENV_MMT=0: the module is left alone, the same agent gets private copies (the userspace path)
+  env.TRENV_MMT = '0';
+  const off = trenv('daemon', 'start');
+  if (off.code !== 0) return fail('daemon_guest_mmt_off', `${off.err}${off.out}`);
+  check(/turned off by TRENV_MMT=0; using userspace templates/.test(log()), 'daemon_guest_mmt_off_said', log().split('\n').filter((l) => /mm_template|kernel module/.test(l)).pop());
+  const build = trenv('template', 'build', agents.maps);
+  const priv = invoke(agents.maps);
+  const span = restoreSpan(priv);
+  check(build.code === 0 && !/mm_template template/.test(build.out) && span?.attrs?.memPath === 'userspace' && priv.record?.result?.templateMaps === 0 && priv.record?.result?.digest === digests.maps,
+    'daemon_guest_mmt_off_private_copies', JSON.stringify({ build: build.code, span: span?.attrs, result: priv.record?.result }));
+  say(`INFO daemon-path restore of kmod-maps in this guest (TCG): module ${restoreMs.join('/')} ms, private copy ${span?.attrs?.restoreMs} ms`);
+  trenv('template', 'rm', 'kmod-maps');
+  const stop2 = trenv('daemon', 'stop');
+  check(stop2.code === 0 && (mmtIds() ?? []).length === 0, 'daemon_guest_mmt_off_stop', `${stop2.out}${stop2.err}`);
+  // the daemon's cgroups (v1 here, as on this host): nothing left under trenv/ in any hierarchy
+  const left = [];
+  for (const h of fs.readdirSync('/sys/fs/cgroup')) {
+    const d = `/sys/fs/cgroup/${h}/trenv`;
+    if (fs.existsSync(d)) for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) left.push(`${h}/trenv/${e.name}`);
+  }
   check(left.length === 0, 'daemon_guest_no_cgroups_left', left.join(' '));
 }
 main().catch((e) => { fail('daemon_guest_driver', e.stack); process.exitCode = 1; });

@@ -87,9 +87,17 @@ export function mmtFsMounted(dir = MMT_FS_DIR, mounts = realProbe.mounts()): boo
 /**
  * Is the module usable? Loaded (the device exists), its filesystem mounted at MMT_FS_DIR (mounted
  * here when it is not) and the helper built. Anything missing: the userspace path, and why.
+ * `TRENV_MMT=0` in the daemon's environment turns it off (the userspace path, said so).
  */
-export function detectMmTemplate(device = MMT_DEVICE, dir = MMT_FS_DIR, probe: MmtProbe = realProbe, helper = mmtHelper()): MmTemplateStatus {
+export function detectMmTemplate(
+  device = MMT_DEVICE,
+  dir = MMT_FS_DIR,
+  probe: MmtProbe = realProbe,
+  helper = mmtHelper(),
+  env: NodeJS.ProcessEnv = process.env,
+): MmTemplateStatus {
   if (!probe.isCharDevice(device)) return { loaded: false, path: 'userspace', message: 'kernel module not loaded; using userspace templates' };
+  if (env.TRENV_MMT === '0') return { loaded: true, path: 'userspace', message: `kernel module mm_template is loaded (${device}) but turned off by TRENV_MMT=0; using userspace templates` };
   const why = (reason: string): MmTemplateStatus => ({
     loaded: true,
     path: 'userspace',

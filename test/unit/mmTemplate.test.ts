@@ -49,6 +49,16 @@ test('mm_template: the filesystem is mounted when it is not, and a failed mount 
   assert.match(bad.message, /mounting its filesystem at \/run\/mm_template failed \(mount: unknown filesystem type\)/);
 });
 
+test('mm_template: TRENV_MMT=0 turns a usable module off, said so, and mounts nothing', () => {
+  const p = probe({});
+  const s = detectMmTemplate('/dev/mm_template', '/run/mm_template', p, '/x/trenv-mmt', { TRENV_MMT: '0' });
+  assert.equal(s.path, 'userspace');
+  assert.equal(s.loaded, true);
+  assert.match(s.message, /turned off by TRENV_MMT=0/);
+  assert.equal(p.mount.called, false);
+  assert.equal(detectMmTemplate('/dev/mm_template', '/run/mm_template', probe({}), '/x/trenv-mmt', { TRENV_MMT: '1' }).path, 'kernel-module');
+});
+
 test('mm_template: a missing helper means userspace templates, said why', () => {
   const s = detectMmTemplate('/dev/mm_template', '/run/mm_template', probe({ helper: false, mounts: MOUNTED }), '/x/trenv-mmt');
   assert.equal(s.path, 'userspace');
