@@ -46,6 +46,7 @@ struct mmt_template {
 	struct page **pages;
 	atomic_long_t mappers;	/* VMAs mapping it */
 	bool deleted;
+	struct timespec64 created;	/* its file's mtime/ctime: with the id, who it is (ids are reused after a reload) */
 };
 
 /* per open fd */
@@ -234,6 +235,7 @@ static long mmt_create(void __user *arg)
 	kref_init(&t->ref);
 	t->owner = current_euid();
 	t->npages = npages;
+	ktime_get_real_ts64(&t->created);
 	atomic_long_set(&t->mappers, 0);
 	atomic_long_inc(&mmt_live_templates);
 	atomic_long_inc(&mmt_created);	/* counts failed creates too: they are "freed" as well */
@@ -633,7 +635,7 @@ static struct dentry *mmtfs_lookup(struct inode *dir, struct dentry *dentry, uns
 	inode->i_uid = t->owner;
 	inode->i_gid = GLOBAL_ROOT_GID;
 	inode->i_size = (loff_t)t->npages << PAGE_SHIFT;
-	inode->i_atime = inode->i_mtime = inode->i_ctime = current_time(inode);
+	inode->i_atime = inode->i_mtime = inode->i_ctime = t->created;
 	inode->i_fop = &mmtfs_file_fops;
 	inode->i_private = t;	/* the reference taken above, dropped at evict */
 	d_add(dentry, inode);

@@ -75,6 +75,21 @@ async function main() {
       const rnd = runs.map((r) => `${r.record?.result?.random}/${r.record?.result?.uuid}`);
       check(new Set(rnd).size === rnd.length, 'daemon_guest_instances_reseeded', rnd.join(' '));
     }
+    if (m && what === 'maps') {
+      // as after a reboot or a module reload: the module template disappears behind the daemon's
+      // back; the next invoke must see it, rebuild, and not leave the dead template's map file
+      const tdir = path.join(STATE, 'templates', 'kmod-maps');
+      const mapFile = fs.readdirSync(tdir).find((f) => /^mmt-.*\.map$/.test(f));
+      const del = spawnSync(path.join(REPO, 'runtime-daemon/native/build/trenv-mmt'), ['delete', path.join(tdir, mapFile ?? 'none')], { encoding: 'utf8' });
+      const again = invoke(dir);
+      const logs = (again.logs ?? []).map((l) => l.text).join(' | ');
+      const span = restoreSpan(again);
+      const maps = fs.readdirSync(tdir).filter((f) => /^mmt-.*\.map$/.test(f));
+      check(del.status === 0 && again.record?.state === 'succeeded' && new RegExp(`was rebuilt: its kernel-module template ${m[1]} is gone`).test(logs) &&
+        span?.attrs?.memPath === 'kernel-module' && again.record.result.templateMaps > 0 && again.record.result.digest === digests.maps && maps.length === 1 && maps[0] !== mapFile,
+        'daemon_guest_template_gone_rebuilt', JSON.stringify({ del: del.status, state: again.record?.state, logs: logs.slice(0, 600), span: span?.attrs, maps }));
+      m[1] = /mm_template template (\d+)/.exec(span?.attrs?.memory ?? '')?.[1] ?? m[1];
+    }
     if (m) {
       const name = what === 'maps' ? 'kmod-maps' : 'node-json-transform';
       const rm = trenv('template', 'rm', name);

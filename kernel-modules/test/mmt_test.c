@@ -320,6 +320,12 @@ static void t_fs(int fd)
 	snprintf(path, sizeof path, MMT_FS_DIR "/%u", id);
 	struct stat st;
 	if (stat(path, &st) || !S_ISREG(st.st_mode) || (st.st_mode & 07777) != 0400 || st.st_size != (off_t)len || st.st_uid != 0) bad |= 1;
+	/* its mtime is the template's creation time (a new inode per lookup shows the same one): with
+	 * the id, it tells this template from a later one that got the same id after a reload */
+	struct stat st2;
+	usleep(30000);
+	if (stat(path, &st2) || st2.st_mtim.tv_sec != st.st_mtim.tv_sec || st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec ||
+	    st.st_mtim.tv_sec < time(NULL) - 60 || st.st_mtim.tv_sec > time(NULL)) bad |= 32768;
 	int f = open(path, O_RDONLY | O_CLOEXEC);
 	if (f < 0) { FAIL("fs_template_file", "open %s: %s", path, strerror(errno)); ioctl(fd, MMT_IOC_DELETE, &id); return; }
 	/* two private maps share every page; a write COWs only in the writer */

@@ -137,6 +137,37 @@ export interface MmtTemplateInfo {
   /** the map file: the runs and their offsets (for delete and diagnostics) */
   mapFile: string;
   buildMs: number;
+  /** its file's mtime in ns = when the module created it; with the id, which template this is (ids are reused after a reload or reboot) */
+  createdNs?: string;
+}
+
+type StatBig = (p: string) => { size: bigint; mtimeNs: bigint };
+const statBig: StatBig = (p) => fs.statSync(p, { bigint: true });
+
+/**
+ * Why a checkpoint's module template cannot be used any more (undefined: it is still there and is
+ * the same template). After an unload/reload of the module or a reboot the id is gone, or names a
+ * template made since (another agent's memory): told apart by the file's size and mtime (its
+ * creation time); without a recorded createdNs (older metas), by the creation time being within a
+ * minute of the map file's own mtime (written right after the creation).
+ */
+export function mmtTemplateGone(info: MmtTemplateInfo, dir = MMT_FS_DIR, stat: StatBig = statBig): string | undefined {
+  let st: { size: bigint; mtimeNs: bigint };
+  try {
+    st = stat(`${dir}/${info.id}`);
+  } catch {
+    return `its kernel-module template ${info.id} is gone (module unloaded or reloaded, or the machine restarted)`;
+  }
+  let same = Number(st.size) === info.bytes;
+  if (same && info.createdNs !== undefined) same = String(st.mtimeNs) === info.createdNs;
+  else if (same) {
+    try {
+      same = Math.abs(Number(st.mtimeNs / 1_000_000n) - Number(stat(info.mapFile).mtimeNs / 1_000_000n)) < 60_000;
+    } catch {
+      same = false;
+    }
+  }
+  return same ? undefined : `kernel-module template ${info.id} is another template now (the module was reloaded or the machine restarted)`;
 }
 
 /** the process's state letter (T: stopped), or 'gone' */
@@ -187,15 +218,27 @@ export function templateFromStopped(pid: number, mapFile: string, o: { leaveStop
   }
   const head = /^id (\d+) runs (\d+) bytes (\d+)/.exec(fs.readFileSync(mapFile, 'utf8'));
   if (!head) throw new Error(`trenv-mmt wrote an unreadable map file ${mapFile}`);
-  return { id: Number(head[1]), runs: Number(head[2]), bytes: Number(head[3]), mapFile, buildMs: Date.now() - t0 };
+  let createdNs: string | undefined;
+  try {
+    createdNs = String(statBig(`${MMT_FS_DIR}/${head[1]}`).mtimeNs);
+  } catch {
+    /* filesystem not mounted here (the guest tests' own driver): identified by the map file's time */
+  }
+  return { id: Number(head[1]), runs: Number(head[2]), bytes: Number(head[3]), mapFile, buildMs: Date.now() - t0, createdNs };
 }
 
-/** Delete the template of a map file, and the map file (its pages go when the last instance mapping it exits). */
-export function deleteTemplate(mapFile: string): void {
-  try {
-    helper(['delete', mapFile]);
-  } catch {
-    /* already gone (module reloaded, machine restarted) */
+/**
+ * Delete the template of a map file, and the map file (its pages go when the last instance mapping
+ * it exits). With `info` (a checkpoint's recorded template), only if the id still names that
+ * template: after a reload or reboot it may name another one, which is left alone.
+ */
+export function deleteTemplate(mapFile: string, info?: MmtTemplateInfo): void {
+  if (!info || !mmtTemplateGone(info)) {
+    try {
+      helper(['delete', mapFile]);
+    } catch {
+      /* already gone (module reloaded, machine restarted) */
+    }
   }
   fs.rmSync(mapFile, { force: true });
 }

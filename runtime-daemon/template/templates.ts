@@ -21,7 +21,7 @@ import type { LoadedAgent } from '../manifest/manifest';
 import { SANDBOX_GID, SANDBOX_HOME, SANDBOX_UID } from '../sandbox/rootfs';
 import { criuAvailable, dump, launchForCheckpoint, META_FILE as CRIU_META_FILE } from './criu';
 import type { KsmControl } from './ksm';
-import { deleteTemplate, mmTemplateStatus, templateFromStopped, type MmtTemplateInfo } from './mmTemplate';
+import { deleteTemplate, mmTemplateStatus, mmtTemplateGone, templateFromStopped, type MmtTemplateInfo } from './mmTemplate';
 import { Zygote } from './zygote';
 
 export type TemplateKind = 'zygote' | 'criu';
@@ -340,7 +340,7 @@ export class TemplateManager {
     if (fs.existsSync(images)) fs.renameSync(images, old);
     fs.renameSync(tmpImages, images);
     fs.rmSync(old, { recursive: true, force: true });
-    if (oldMmt) deleteTemplate(oldMmt.mapFile); // instances still running keep its pages until they exit
+    if (oldMmt) deleteTemplate(oldMmt.mapFile, oldMmt); // instances still running keep its pages until they exit
     const meta: TemplateMeta = {
       name,
       agentDir: agent.dir,
@@ -404,6 +404,8 @@ export class TemplateManager {
       const f = this.failures.get(name);
       let reason = stale;
       if (!reason && !this.imagesExist(name)) reason = 'its CRIU images are missing';
+      // its memory lives in a kernel-module template: still there, and still the same one?
+      if (!reason && meta.criu?.mmTemplate) reason = mmtTemplateGone(meta.criu.mmTemplate);
       if (!reason && f && f.builtAt === meta.builtAt) {
         if (f.streak > 1) {
           throw new TemplateError(`restoring template ${name} failed ${f.streak} times in a row (last: ${f.message}); rebuild it with \`trenv template build\``);
@@ -463,7 +465,7 @@ export class TemplateManager {
     await this.stopLive(name);
     this.failures.delete(name);
     const mmt = this.readMeta(name)?.criu?.mmTemplate;
-    if (mmt) deleteTemplate(mmt.mapFile);
+    if (mmt) deleteTemplate(mmt.mapFile, mmt);
     fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
     return existed;
   }

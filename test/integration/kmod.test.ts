@@ -55,7 +55,7 @@ const DAEMON_EXPECTED = [
     `daemon_guest_${a}_template_in_module`, `daemon_guest_${a}_restored_0_same_as_cold`, `daemon_guest_${a}_restored_1_same_as_cold`,
     `daemon_guest_${a}_restore_0_span_says_kernel_module`, `daemon_guest_${a}_restore_1_span_says_kernel_module`, `daemon_guest_${a}_template_rm_deletes_module_template`,
   ]),
-  'daemon_guest_instances_map_the_template_file', 'daemon_guest_instances_reseeded',
+  'daemon_guest_instances_map_the_template_file', 'daemon_guest_instances_reseeded', 'daemon_guest_template_gone_rebuilt',
   'daemon_guest_stop', 'daemon_guest_no_templates_left',
   'daemon_guest_mmt_off_said', 'daemon_guest_mmt_off_private_copies', 'daemon_guest_mmt_off_stop', 'daemon_guest_no_cgroups_left', 'dmesg_clean',
 ];

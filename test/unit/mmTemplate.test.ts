@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as sinon from 'sinon';
-import { detectMmTemplate, mmTemplateStatus, type MmtProbe } from '../../runtime-daemon/template/mmTemplate';
+import { detectMmTemplate, mmtTemplateGone, mmTemplateStatus, type MmtProbe } from '../../runtime-daemon/template/mmTemplate';
 
 const MOUNTED = 'none /run/mm_template mm_template rw,relatime 0 0\n';
 
@@ -77,4 +77,31 @@ test('mm_template: the status is detected and logged once per process', () => {
   const b = mmTemplateStatus((m) => said.push(m));
   assert.equal(a, b);
   assert.equal(said.length, 1);
+});
+
+test('mm_template: a checkpoint\'s template is used only while its id still names the same template', () => {
+  const info = { id: 7, bytes: 8192, runs: 1, mapFile: '/t/mmt-1.map', buildMs: 1, createdNs: '1700000000123456789' };
+  const files: Record<string, { size: bigint; mtimeNs: bigint }> = {};
+  const stat = (p: string) => {
+    const f = files[p];
+    if (!f) throw Object.assign(new Error(`ENOENT ${p}`), { code: 'ENOENT' });
+    return f;
+  };
+  // gone (module unloaded or reloaded, reboot)
+  assert.match(mmtTemplateGone(info, '/run/mm_template', stat) ?? '', /template 7 is gone/);
+  // the same template
+  files['/run/mm_template/7'] = { size: 8192n, mtimeNs: 1700000000123456789n };
+  assert.equal(mmtTemplateGone(info, '/run/mm_template', stat), undefined);
+  // another template with that id: other creation time, or other size
+  files['/run/mm_template/7'] = { size: 8192n, mtimeNs: 1700000999000000000n };
+  assert.match(mmtTemplateGone(info, '/run/mm_template', stat) ?? '', /another template now/);
+  files['/run/mm_template/7'] = { size: 4096n, mtimeNs: 1700000000123456789n };
+  assert.match(mmtTemplateGone(info, '/run/mm_template', stat) ?? '', /another template now/);
+  // an older meta without createdNs: created within a minute of its map file, or not
+  const old = { ...info, createdNs: undefined };
+  files['/run/mm_template/7'] = { size: 8192n, mtimeNs: 1700000000000000000n };
+  files['/t/mmt-1.map'] = { size: 100n, mtimeNs: 1700000001000000000n };
+  assert.equal(mmtTemplateGone(old, '/run/mm_template', stat), undefined);
+  files['/t/mmt-1.map'] = { size: 100n, mtimeNs: 1600000000000000000n };
+  assert.match(mmtTemplateGone(old, '/run/mm_template', stat) ?? '', /another template now/);
 });
