@@ -4,7 +4,7 @@
 // /run/mm_template/<id> (same results as cold, re-seeded), deletes them on `template rm`, and leaves
 // nothing behind when it stops; with TRENV_MMT=0 it leaves the module alone (private copies).
 // Prints PASS/FAIL lines for run-guest-tests.sh.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -22,20 +22,33 @@ function trenv(...args) {
   return { code: r.status, out: r.stdout ?? '', err: r.stderr ?? '', ms: Date.now() - t0 };
 }
 function invoke(dir, ...flags) {
-  const r = trenv('invoke', dir, '--event', `@${dir}/.trenv/events/default.json`, '--json', '--trace', ...flags);
+  const r = trenv('invoke', dir, '--event', `@${dir}/.trenv/events/default.json`, '--json', '--trace', ...(invokeFlags[dir] ?? []), ...flags);
   let j;
   try { j = JSON.parse(r.out); } catch { throw new Error(`trenv invoke ${dir} ${flags.join(' ')} gave no JSON (exit ${r.code}): ${r.err.slice(-800)} ${r.out.slice(-800)}`); }
   return { ...j, ms: r.ms };
 }
+/** per agent dir: extra `trenv invoke` flags */
+const invokeFlags = {};
 const restoreSpan = (inv) => (inv.trace ?? []).find((s) => s.name === 'template.restore');
 const mmtIds = () => { try { return fs.readdirSync('/run/mm_template'); } catch { return null; } };
 const log = () => { try { return fs.readFileSync(path.join(STATE, 'run/trenvd.log'), 'utf8'); } catch { return ''; } };
 
 async function main() {
   fs.mkdirSync('/tmp/agents', { recursive: true });
-  const agents = { example: '/tmp/agents/node-json-transform', maps: '/tmp/agents/kmod-maps' };
-  fs.cpSync(path.join(REPO, 'examples/node-json-transform'), agents.example, { recursive: true });
-  fs.cpSync(path.join(REPO, 'kernel-modules/test/agent-maps'), agents.maps, { recursive: true });
+  // the Node example agents (the tool agent's LLM and the browser agent's product pages: the same
+  // local test servers as the demo), and a test agent that reports its template maps
+  // (separate processes: this driver blocks in spawnSync while an agent runs)
+  const servers = [['llm-server.mjs', 18080], ['web-server.mjs', 18089]].map(([f, port]) =>
+    spawn('/usr/bin/node', [path.join(REPO, 'test/fixtures', f), '--port', String(port)], { stdio: 'ignore', env }));
+  const up = (port) => spawnSync('/usr/bin/node', ['-e', `require('net').connect(${port}, '127.0.0.1').on('connect', () => process.exit(0)).on('error', () => process.exit(1))`]).status === 0;
+  for (let i = 0; i < 200 && !(up(18080) && up(18089)); i++) spawnSync('/bin/sleep', ['0.1']);
+  const agents = {};
+  const names = { example: 'node-json-transform', tool: 'node-tool-agent', browser: 'node-web-extract', maps: 'kmod-maps' };
+  for (const [what, name] of Object.entries(names)) {
+    agents[what] = `/tmp/agents/${name}`;
+    fs.cpSync(path.join(REPO, what === 'maps' ? 'kernel-modules/test/agent-maps' : `examples/${name}`), agents[what], { recursive: true });
+  }
+  const flags = { tool: ['--env', 'OPENAI_BASE_URL=http://10.0.2.2:18080/v1'] };
 
   const start = trenv('daemon', 'start');
   if (start.code !== 0) {
@@ -50,6 +63,7 @@ async function main() {
 
   const digests = {};
   const restoreMs = [];
+  for (const [what, fl] of Object.entries(flags)) invokeFlags[agents[what]] = fl;
   for (const [what, dir] of Object.entries(agents)) {
     const cold = invoke(dir, '--no-template');
     if (cold.record?.state !== 'succeeded') { fail(`daemon_guest_${what}_cold`, JSON.stringify(cold.record)); continue; }
@@ -91,7 +105,7 @@ async function main() {
       m[1] = /mm_template template (\d+)/.exec(span?.attrs?.memory ?? '')?.[1] ?? m[1];
     }
     if (m) {
-      const name = what === 'maps' ? 'kmod-maps' : 'node-json-transform';
+      const name = names[what];
       const rm = trenv('template', 'rm', name);
       check(rm.code === 0 && !mmtIds()?.includes(m[1]), `daemon_guest_${what}_template_rm_deletes_module_template`, `${rm.out}${rm.err} ids now: ${mmtIds()}`);
     }
@@ -122,5 +136,6 @@ async function main() {
     if (fs.existsSync(d)) for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) left.push(`${h}/trenv/${e.name}`);
   }
   check(left.length === 0, 'daemon_guest_no_cgroups_left', left.join(' '));
+  for (const p of servers) p.kill();
 }
 main().catch((e) => { fail('daemon_guest_driver', e.stack); process.exitCode = 1; });

@@ -7,7 +7,8 @@
  * mounted, the template filesystem, and Node agent instances through the module (the daemon's
  * mmTemplate.ts + trenv-mmt make the template, CRIU restores map its file): same results as cold,
  * re-seeded. A second boot runs the daemon itself end to end with the module (its root is this
- * host's / over virtio-9p, read-only): trenvd, `trenv template build`, `trenv invoke`, `template rm`.
+ * host's / over virtio-9p, read-only): trenvd, `trenv template build`, `trenv invoke`, `template rm`,
+ * for every Node example agent and a test agent (~110 s).
  */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -51,7 +52,7 @@ test('mm_template kernel module in a QEMU guest: module tests and Node instances
 
 const DAEMON_EXPECTED = [
   'insmod', 'daemon_guest_start', 'daemon_guest_detects_module', 'daemon_guest_mounted_mmt_fs',
-  ...['example', 'maps'].flatMap((a) => [
+  ...['example', 'tool', 'browser', 'maps'].flatMap((a) => [
     `daemon_guest_${a}_template_in_module`, `daemon_guest_${a}_restored_0_same_as_cold`, `daemon_guest_${a}_restored_1_same_as_cold`,
     `daemon_guest_${a}_restore_0_span_says_kernel_module`, `daemon_guest_${a}_restore_1_span_says_kernel_module`, `daemon_guest_${a}_template_rm_deletes_module_template`,
   ]),
