@@ -47,6 +47,12 @@ async function main() {
   for (const [what, name] of Object.entries(names)) {
     agents[what] = `/tmp/agents/${name}`;
     fs.cpSync(path.join(REPO, what === 'maps' ? 'kernel-modules/test/agent-maps' : `examples/${name}`), agents[what], { recursive: true });
+    // under TCG everything is 10-30x slower than on the host: the first browser call also starts
+    // Chromium (it hit the example's 30 s limit once in CI), so the copies get 120 s
+    const mf = path.join(agents[what], 'trenv.json');
+    const m = JSON.parse(fs.readFileSync(mf, 'utf8'));
+    m.limits = { ...m.limits, timeoutMs: Math.max(m.limits?.timeoutMs ?? 0, 120_000) };
+    fs.writeFileSync(mf, JSON.stringify(m, null, 2));
   }
   const flags = { tool: ['--env', 'OPENAI_BASE_URL=http://10.0.2.2:18080/v1'] };
 
@@ -68,6 +74,7 @@ async function main() {
     const cold = invoke(dir, '--no-template');
     if (cold.record?.state !== 'succeeded') { fail(`daemon_guest_${what}_cold`, JSON.stringify(cold.record)); continue; }
     digests[what] = cold.record.result.digest;
+    say(`INFO ${what}: cold invocation ${cold.record.durationMs} ms`);
     const before = new Set(mmtIds());
     const build = trenv('template', 'build', dir);
     const out = `${build.out}${build.err}`;
