@@ -228,12 +228,14 @@ export function templateFromStopped(pid: number, mapFile: string, o: { leaveStop
 }
 
 /**
- * Delete the template of a map file, and the map file (its pages go when the last instance mapping
- * it exits). With `info` (a checkpoint's recorded template), only if the id still names that
- * template: after a reload or reboot it may name another one, which is left alone.
+ * Delete a template and its map file (its pages go when the last instance mapping it exits). Given
+ * a map file just written (a failed build), unconditionally; given a checkpoint's recorded template,
+ * only if its id still names that template: after a reload or reboot it may name another one,
+ * which is left alone.
  */
-export function deleteTemplate(mapFile: string, info?: MmtTemplateInfo): void {
-  if (!info || !mmtTemplateGone(info)) {
+export function deleteTemplate(t: string | MmtTemplateInfo): void {
+  const mapFile = typeof t === 'string' ? t : t.mapFile;
+  if (typeof t === 'string' || !mmtTemplateGone(t)) {
     try {
       helper(['delete', mapFile]);
     } catch {

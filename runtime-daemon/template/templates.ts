@@ -340,7 +340,7 @@ export class TemplateManager {
     if (fs.existsSync(images)) fs.renameSync(images, old);
     fs.renameSync(tmpImages, images);
     fs.rmSync(old, { recursive: true, force: true });
-    if (oldMmt) deleteTemplate(oldMmt.mapFile, oldMmt); // instances still running keep its pages until they exit
+    if (oldMmt) deleteTemplate(oldMmt); // instances still running keep its pages until they exit
     const meta: TemplateMeta = {
       name,
       agentDir: agent.dir,
@@ -465,7 +465,7 @@ export class TemplateManager {
     await this.stopLive(name);
     this.failures.delete(name);
     const mmt = this.readMeta(name)?.criu?.mmTemplate;
-    if (mmt) deleteTemplate(mmt.mapFile, mmt);
+    if (mmt) deleteTemplate(mmt);
     fs.rmSync(path.join(this.dir, name), { recursive: true, force: true });
     return existed;
   }
