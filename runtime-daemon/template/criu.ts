@@ -338,7 +338,7 @@ export interface LaunchedTemplate {
   close(): void;
   /** ms from spawn to the ready message */
   readyMs: number;
-  /** the ready message's fields (the Node shim: how clones are re-seeded, its wait before the snapshot) */
+  /** the ready message's fields (the Node shim: its wait before the snapshot, how clones are re-seeded) */
   readyInfo: Record<string, unknown>;
 }
 

@@ -39,6 +39,7 @@ test('re-seeding twice wraps Node\'s own functions once (a warmed template, then
   const nodeUUID = crypto.randomUUID;
   const settled = await shim.prepareSnapshot({ quietMs: 30, maxMs: 2000 });
   assert.equal(typeof settled.settled, 'boolean');
+  assert.ok(['openssl', 'js-only'].includes(settled.reseed), JSON.stringify(settled));
   const first = crypto.randomUUID;
   assert.notEqual(first, nodeUUID, 'the template\'s warm-up re-seeded');
   shim.reseed('00112233445566778899aabbccddeeff');

@@ -395,6 +395,7 @@ function reseed(seedHex) {
   return {
     math: 'xoshiro128**',
     crypto: openssl ? 'OpenSSL DRBG re-seeded (RAND_add); randomUUID/randomInt caches bypassed' : `chacha20 (JS APIs only; OpenSSL internal DRBG still cloned: ${randAddonError ?? 'addon reported not ready'})`,
+    openssl,
     kernel,
   };
 }
@@ -444,15 +445,16 @@ async function settleBackgroundThreads({ quietMs = 60, maxMs = 5000, stepMs = 15
  * re-seeding itself: node:crypto's lazily loaded parts, globalThis.crypto, the functions' bytecode),
  * so no clone pays for it after its restore; then a full GC, and wait for the GC's background work
  * (sweeping) to finish. The clone's own reseed() replaces everything this one set up.
- * Resolves to what the wait took ({settled, ms}).
+ * Resolves to what the wait took and how clones will be re-seeded ({settled, ms, reseed}).
  */
 async function prepareSnapshot(settle = {}) {
   const crypto = require('node:crypto');
   crypto.createHash('sha256').update('warm').digest();
   preloadReseed();
-  reseed(crypto.randomBytes(32).toString('hex'));
+  const { openssl } = reseed(crypto.randomBytes(32).toString('hex'));
   fullGc();
-  return settleBackgroundThreads(settle);
+  // how clones will be re-seeded (the daemon warns when OpenSSL's own state cannot be)
+  return { ...(await settleBackgroundThreads(settle)), reseed: openssl ? 'openssl' : 'js-only' };
 }
 
 /** Unwrap a restore envelope (see the header): apply env, re-seed, return the event. */
@@ -498,13 +500,7 @@ function runOnce() {
       return fail(err, EXIT.LOAD);
     }
     // a snapshot is taken after `loaded`: load what re-seeding needs now, not in every clone
-    let ready = {};
-    if (process.env.TRENV_EVENT_ENVELOPE === '1') {
-      const settled = await prepareSnapshot();
-      // how clones will be re-seeded (the daemon warns when OpenSSL's own state cannot be)
-      ready = { reseed: randAddon ? 'openssl' : 'js-only', settle: settled };
-    }
-    chan.send('loaded', ready);
+    chan.send('loaded', process.env.TRENV_EVENT_ENVELOPE === '1' ? await prepareSnapshot() : {});
     phase = 'handler';
 
     let event;
