@@ -27,8 +27,8 @@ function invoke(dir, ...flags) {
   try { j = JSON.parse(r.out); } catch { throw new Error(`trenv invoke ${dir} ${flags.join(' ')} gave no JSON (exit ${r.code}): ${r.err.slice(-800)} ${r.out.slice(-800)}`); }
   return { ...j, ms: r.ms };
 }
-/** per agent dir: extra `trenv invoke` flags */
-const invokeFlags = {};
+/** per agent dir: extra `trenv invoke` flags (the tool agent's model server: see main) */
+const invokeFlags = { '/tmp/agents/node-tool-agent': ['--env', 'OPENAI_BASE_URL=http://10.0.2.2:18080/v1'] };
 const restoreSpan = (inv) => (inv.trace ?? []).find((s) => s.name === 'template.restore');
 const mmtIds = () => { try { return fs.readdirSync('/run/mm_template'); } catch { return null; } };
 const log = () => { try { return fs.readFileSync(path.join(STATE, 'run/trenvd.log'), 'utf8'); } catch { return ''; } };
@@ -54,7 +54,6 @@ async function main() {
     m.limits = { ...m.limits, timeoutMs: Math.max(m.limits?.timeoutMs ?? 0, 120_000) };
     fs.writeFileSync(mf, JSON.stringify(m, null, 2));
   }
-  const flags = { tool: ['--env', 'OPENAI_BASE_URL=http://10.0.2.2:18080/v1'] };
 
   const start = trenv('daemon', 'start');
   if (start.code !== 0) {
@@ -69,7 +68,6 @@ async function main() {
 
   const digests = {};
   const restoreMs = [];
-  for (const [what, fl] of Object.entries(flags)) invokeFlags[agents[what]] = fl;
   for (const [what, dir] of Object.entries(agents)) {
     const cold = invoke(dir, '--no-template');
     if (cold.record?.state !== 'succeeded') { fail(`daemon_guest_${what}_cold`, JSON.stringify(cold.record)); continue; }
@@ -79,8 +77,8 @@ async function main() {
     const build = trenv('template', 'build', dir);
     const out = `${build.out}${build.err}`;
     if (build.code !== 0) { fail(`daemon_guest_${what}_template_build`, out); continue; }
-    const m = /MiB of initialised memory in mm_template template (\d+)/.exec(out);
-    check(m && mmtIds()?.includes(m[1]) && !before.has(m[1]), `daemon_guest_${what}_template_in_module`, m ? `template ${m[1]}, ${build.ms} ms` : out);
+    let id = /MiB of initialised memory in mm_template template (\d+)/.exec(out)?.[1];
+    check(id && mmtIds()?.includes(id) && !before.has(id), `daemon_guest_${what}_template_in_module`, id ? `template ${id}, ${build.ms} ms` : out);
     const runs = [invoke(dir), invoke(dir)];
     runs.forEach((r, i) => {
       const span = restoreSpan(r);
@@ -96,7 +94,7 @@ async function main() {
       const rnd = runs.map((r) => `${r.record?.result?.random}/${r.record?.result?.uuid}`);
       check(new Set(rnd).size === rnd.length, 'daemon_guest_instances_reseeded', rnd.join(' '));
     }
-    if (m && what === 'maps') {
+    if (id && what === 'maps') {
       // as after a reboot or a module reload: the module template disappears behind the daemon's
       // back; the next invoke must see it, rebuild, and not leave the dead template's map file
       const tdir = path.join(STATE, 'templates', 'kmod-maps');
@@ -106,15 +104,14 @@ async function main() {
       const logs = (again.logs ?? []).map((l) => l.text).join(' | ');
       const span = restoreSpan(again);
       const maps = fs.readdirSync(tdir).filter((f) => /^mmt-.*\.map$/.test(f));
-      check(del.status === 0 && again.record?.state === 'succeeded' && new RegExp(`was rebuilt: its kernel-module template ${m[1]} is gone`).test(logs) &&
+      check(del.status === 0 && again.record?.state === 'succeeded' && new RegExp(`was rebuilt: its kernel-module template ${id} is gone`).test(logs) &&
         span?.attrs?.memPath === 'kernel-module' && again.record.result.templateMaps > 0 && again.record.result.digest === digests.maps && maps.length === 1 && maps[0] !== mapFile,
         'daemon_guest_template_gone_rebuilt', JSON.stringify({ del: del.status, state: again.record?.state, logs: logs.slice(0, 600), span: span?.attrs, maps }));
-      m[1] = /mm_template template (\d+)/.exec(span?.attrs?.memory ?? '')?.[1] ?? m[1];
+      id = /mm_template template (\d+)/.exec(span?.attrs?.memory ?? '')?.[1] ?? id;
     }
-    if (m) {
-      const name = names[what];
-      const rm = trenv('template', 'rm', name);
-      check(rm.code === 0 && !mmtIds()?.includes(m[1]), `daemon_guest_${what}_template_rm_deletes_module_template`, `${rm.out}${rm.err} ids now: ${mmtIds()}`);
+    if (id) {
+      const rm = trenv('template', 'rm', names[what]);
+      check(rm.code === 0 && !mmtIds()?.includes(id), `daemon_guest_${what}_template_rm_deletes_module_template`, `${rm.out}${rm.err} ids now: ${mmtIds()}`);
     }
   }
   const stop = trenv('daemon', 'stop');

@@ -101,13 +101,15 @@ fi
 (cd "$IR" && find . | cpio -o -H newc --quiet -R 0:0) > "$BUILD/initramfs.cpio"
 
 # ---- boot
-MEM=${TRENV_KMOD_MEM:-$([ $BENCH = 1 ] && echo 3072 || echo $([ $DAEMON = 1 ] && echo 2048 || echo 1024))}  # the bench's large-state batches need ~2.5 GiB
+# guest RAM and time limit: the bench's large-state batches need ~2.5 GiB
+if [ $BENCH = 1 ]; then MEM_MB=3072 LIMIT_S=480; elif [ $DAEMON = 1 ]; then MEM_MB=2048 LIMIT_S=400; else MEM_MB=1024 LIMIT_S=150; fi
+MEM=${TRENV_KMOD_MEM:-$MEM_MB}
 HOSTROOT=()
 [ $DAEMON = 1 ] && HOSTROOT=(-virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap)
 log "booting $KVER under TCG (initramfs $(( $(stat -c %s "$BUILD/initramfs.cpio") / 1048576 )) MiB)"
 start=$(date +%s)
 set +e
-timeout ${TRENV_KMOD_TIMEOUT:-$([ $BENCH = 1 ] && echo 480 || echo $([ $DAEMON = 1 ] && echo 400 || echo 150))} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
+timeout ${TRENV_KMOD_TIMEOUT:-$LIMIT_S} qemu-system-x86_64 -accel tcg -smp 2 -m $MEM -nographic -no-reboot \
   -kernel "$VMLINUZ" -initrd "$BUILD/initramfs.cpio" "${HOSTROOT[@]}" \
   -append 'console=ttyS0 quiet panic=-1 oops=panic' < /dev/null > "$OUT/console.log" 2>&1
 qrc=$?
